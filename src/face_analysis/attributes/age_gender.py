@@ -1,0 +1,135 @@
+"""Age and gender estimation (dlib-models by Cydral, CC0) with calibrated confidences.
+
+Usage::
+
+    estimator = AgeGenderEstimator(paths.age, paths.gender)
+    [estimate] = estimator.estimate(rgb, [landmarks])
+    estimate.age_range, estimate.age_confidence, estimate.gender, estimate.gender_confidence
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..imaging import RGBImage
+from ..models import create_session
+from .alignment import extract_chip
+
+__all__ = ["AgeGender", "AgeGenderEstimator", "Calibration", "age_range_of"]
+
+_MEAN = np.array([122.781998, 117.000999, 104.297997], dtype=np.float32)
+_AGE_CHIP, _GENDER_CHIP = 64, 32
+# Expected value of the 81 age classes: class 0 counts as 0.25 years (the model's manifest).
+_AGE_WEIGHTS = np.array([0.25, *range(1, 81)], dtype=np.float32)
+_DECADE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Maps the models' over-confident probabilities to ones that hold on real faces.
+
+    age_confidence = sigmoid(age_slope * logit(m) + age_bias), where m is the model's
+    probability mass in the reported decade; gender probabilities are the softmax of the
+    model's log-probabilities divided by `gender_temperature`. Only confidences change;
+    the age estimate and the gender label do not. Fitted by `benchmarks/fit_calibration.py`.
+    """
+
+    age_slope: float = 1.0
+    age_bias: float = 0.0
+    gender_temperature: float = 1.0
+
+
+DEFAULT_CALIBRATION = Calibration(age_slope=0.24, age_bias=-0.35, gender_temperature=2.35)
+
+
+@dataclass(frozen=True, slots=True)
+class AgeGender:
+    """One face's estimates."""
+
+    age_years: float
+    age_range: str
+    age_confidence: float
+    gender: str
+    gender_confidence: float
+
+
+def age_range_of(age_years: float) -> str:
+    """The decade holding the estimate: 26.4 -> "20-30" (20 <= age < 30)."""
+    low = int(age_years // _DECADE) * _DECADE
+    return f"{low}-{low + _DECADE}"
+
+
+class AgeGenderEstimator:
+    """Both models; all faces of an image run as one batch per model."""
+
+    def __init__(
+        self,
+        age_model: Path,
+        gender_model: Path,
+        threads: int = 1,
+        calibration: Calibration = DEFAULT_CALIBRATION,
+    ) -> None:
+        self.calibration = calibration
+        self._age = create_session(age_model, threads)
+        self._gender = create_session(gender_model, threads)
+
+    def estimate(self, image: RGBImage, landmarks: Sequence[NDArray[np.floating]]) -> list[AgeGender]:
+        """Estimates for each face, given its 5 landmarks in `image` pixels."""
+        if not landmarks:
+            return []
+        age_probs = self._run(self._age, image, landmarks, _AGE_CHIP)
+        gender_probs = self._run(self._gender, image, landmarks, _GENDER_CHIP)
+        return [self._describe(a, g) for a, g in zip(age_probs, gender_probs, strict=True)]
+
+    def raw_probabilities(
+        self, image: RGBImage, landmarks: Sequence[NDArray[np.floating]]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Uncalibrated age (N x 81) and gender (N x 2, female/male) probabilities."""
+        return (
+            self._run(self._age, image, landmarks, _AGE_CHIP),
+            self._run(self._gender, image, landmarks, _GENDER_CHIP),
+        )
+
+    @staticmethod
+    def _run(
+        session: object, image: RGBImage, landmarks: Sequence[NDArray[np.floating]], size: int
+    ) -> NDArray[np.float32]:
+        chips = np.stack([extract_chip(image, points, size) for points in landmarks])
+        # Each face is also seen mirrored; the mean of both is steadier than either.
+        batch = np.concatenate([chips, chips[:, :, ::-1]])
+        blob = ((batch.astype(np.float32) - _MEAN) / 256.0).transpose(0, 3, 1, 2)
+        (probs,) = session.run(None, {"images": np.ascontiguousarray(blob)})  # type: ignore[attr-defined]
+        count = len(chips)
+        return np.asarray((probs[:count] + probs[count:]) / 2, dtype=np.float32)
+
+    def _describe(self, age_probs: NDArray[np.float32], gender_probs: NDArray[np.float32]) -> AgeGender:
+        cal = self.calibration
+        age_years = float(age_probs @ _AGE_WEIGHTS)
+        low = int(age_years // _DECADE) * _DECADE
+        mass = float(age_probs[low : low + _DECADE].sum())
+        age_confidence = _sigmoid(cal.age_slope * _logit(mass) + cal.age_bias)
+        logits = np.log(np.clip(gender_probs, 1e-7, 1.0)) / cal.gender_temperature
+        tempered = np.exp(logits - logits.max())
+        tempered /= tempered.sum()
+        is_male = bool(gender_probs[1] > gender_probs[0])
+        return AgeGender(
+            age_years=age_years,
+            age_range=age_range_of(age_years),
+            age_confidence=age_confidence,
+            gender="Male" if is_male else "Female",
+            gender_confidence=float(tempered[1] if is_male else tempered[0]),
+        )
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))

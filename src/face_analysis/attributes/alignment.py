@@ -1,0 +1,95 @@
+"""Align a face to the chip the age and gender models were trained on.
+
+The models expect dlib-style face chips (padding 0.2). CenterFace's 5 points (eye centres,
+nose tip, mouth corners) are not dlib's, so `CHIP_TEMPLATE`, where those points sit in a chip,
+was fitted on data: see `benchmarks/fit.py`. A least-squares similarity (Umeyama),
+not a robust fit, maps the points onto it: with 5 points every point matters.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from ..imaging import RGBImage
+
+__all__ = ["CHIP_TEMPLATE", "box_landmarks", "extract_chip", "similarity_transform"]
+
+# (x, y) in chip units (0..1): left eye, right eye, nose tip, left and right mouth corner.
+# The mean of CenterFace's points over the UTKFace dev faces, which dlib aligned into chips;
+# a search over its scale and position found no better fit (`benchmarks/fit.py`).
+CHIP_TEMPLATE: NDArray[np.float64] = np.array(
+    [
+        [0.3240, 0.3505],
+        [0.6544, 0.3254],
+        [0.4912, 0.5210],
+        [0.3696, 0.6474],
+        [0.6514, 0.6248],
+    ]
+)
+
+
+def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Least-squares similarity (rotation, uniform scale, translation) taking src onto dst.
+
+    Umeyama (1991). Returns the 2 x 3 matrix for `cv2.warpAffine`.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    covariance = dst_c.T @ src_c / len(src)
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1
+    rotation = u @ np.diag(sign) @ vt
+    variance = (src_c**2).sum() / len(src)
+    scale = (singular * sign).sum() / variance if variance > 0 else 1.0
+    translation = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def box_landmarks(box: tuple[float, float, float, float]) -> NDArray[np.float32]:
+    """Where an upright face's 5 points sit in a detector box, for detectors without landmarks."""
+    x1, y1, x2, y2 = box
+    unit = np.array([[0.32, 0.42], [0.68, 0.42], [0.5, 0.6], [0.36, 0.78], [0.64, 0.78]])
+    return (unit * [x2 - x1, y2 - y1] + [x1, y1]).astype(np.float32)
+
+
+def extract_chip(
+    image: RGBImage,
+    landmarks: NDArray[np.floating],
+    size: int,
+    template: NDArray[np.float64] = CHIP_TEMPLATE,
+) -> RGBImage:
+    """The size x size aligned chip of the face whose 5 points are `landmarks`.
+
+    A face much larger than the chip is first shrunk with area averaging, as dlib's
+    pyramid does: bilinear sampling alone would alias and move the estimates.
+    """
+    matrix = similarity_transform(landmarks, template * size)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if scale < 0.5:
+        # Cut the chip's footprint out of the image, shrink it so the warp scale becomes ~0.5.
+        inverse = cv2.invertAffineTransform(matrix)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], float)
+        footprint = corners @ inverse.T
+        x0, y0 = np.floor(footprint.min(axis=0)).astype(int) - 2
+        x1, y1 = np.ceil(footprint.max(axis=0)).astype(int) + 2
+        height, width = image.shape[:2]
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if cx1 > cx0 and cy1 > cy0:
+            shrink = 2 * scale
+            roi = image[cy0:cy1, cx0:cx1]
+            out_w = max(1, round(roi.shape[1] * shrink))
+            out_h = max(1, round(roi.shape[0] * shrink))
+            small = np.asarray(cv2.resize(roi, (out_w, out_h), interpolation=cv2.INTER_AREA), dtype=np.uint8)
+            sx, sy = out_w / roi.shape[1], out_h / roi.shape[0]
+            # chip <- image = matrix; image = (small / s) + origin
+            to_image = np.array([[1 / sx, 0, cx0], [0, 1 / sy, cy0], [0, 0, 1]])
+            matrix = matrix @ to_image
+            image = small
+    chip = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return np.asarray(chip, dtype=np.uint8)

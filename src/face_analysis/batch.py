@@ -1,0 +1,123 @@
+"""Batch runs: find the inputs, name their results, analyse them in worker processes.
+
+Usage::
+
+    jobs = plan_jobs([Path("photos")], Path("out"), recursive=True)
+    for job, result in run_jobs(jobs, AnalyzerConfig(), workers=2):
+        ...
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+from .pipeline import Analyzer, AnalyzerConfig
+from .results import ImageResult, output_names
+
+__all__ = ["IMAGE_SUFFIXES", "Job", "plan_jobs", "run_jobs"]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One input file, its id in the results (path relative to its input root), its result file."""
+
+    source: Path
+    image_id: str
+    output: Path
+
+
+class PlanError(ValueError):
+    """The inputs cannot be analysed as asked (e.g. two would write the same result)."""
+
+
+def _discover(root: Path, recursive: bool) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        path
+        for path in root.glob(pattern)
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+
+
+def plan_jobs(paths: Sequence[Path], output_dir: Path, recursive: bool = False) -> list[Job]:
+    """Every input with the file its result goes to.
+
+    Folders contribute their image files (by extension; sub-folders with `recursive`,
+    mirrored in the output); files named explicitly are always inputs, whatever their type.
+
+    Raises:
+        PlanError: a path does not exist, or two inputs would write the same result file.
+    """
+    relative: list[tuple[Path, PurePosixPath]] = []
+    for path in paths:
+        if path.is_dir():
+            relative += [
+                (f, PurePosixPath(f.relative_to(path).as_posix())) for f in _discover(path, recursive)
+            ]
+        elif path.exists():
+            relative.append((path, PurePosixPath(path.name)))
+        else:
+            raise PlanError(f"{path} does not exist")
+    names = output_names(rel for _, rel in relative)
+    jobs: list[Job] = []
+    claimed: dict[Path, Path] = {}
+    for source, rel in relative:
+        output = output_dir / names[rel]
+        if output in claimed:
+            raise PlanError(
+                f"{claimed[output]} and {source} would both write {output}; "
+                "analyse them into different output folders"
+            )
+        claimed[output] = source
+        jobs.append(Job(source=source, image_id=str(rel), output=output))
+    return jobs
+
+
+def is_up_to_date(job: Job) -> bool:
+    """A result exists and is newer than its input."""
+    try:
+        return job.output.stat().st_mtime >= job.source.stat().st_mtime
+    except OSError:
+        return False
+
+
+_worker_analyzer: Analyzer | None = None
+
+
+def _init_worker(config: AnalyzerConfig) -> None:
+    global _worker_analyzer
+    _worker_analyzer = Analyzer(config)
+
+
+def _analyze_in_worker(job: Job) -> tuple[Job, ImageResult]:
+    assert _worker_analyzer is not None
+    return job, _worker_analyzer.analyze(job.source, image_id=job.image_id)
+
+
+def run_jobs(
+    jobs: Sequence[Job], config: AnalyzerConfig, workers: int = 1
+) -> Iterator[tuple[Job, ImageResult]]:
+    """Analyse the jobs; yields each job with its result as it completes (any order).
+
+    Each worker process loads the models once and gets an equal share of the cores.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        analyzer = Analyzer(config)
+        for job in jobs:
+            yield job, analyzer.analyze(job.source, image_id=job.image_id)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    worker_config = replace(config, threads=threads)
+    # Fail fast, in this process, on a missing or corrupt model rather than in every worker.
+    Analyzer.check_models(worker_config)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, _init_worker, (worker_config,)) as pool:
+        yield from pool.imap_unordered(_analyze_in_worker, jobs)

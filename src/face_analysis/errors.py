@@ -1,0 +1,37 @@
+"""Errors with a machine-readable code: every failed image ends as one of these."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["AnalysisError", "ErrorCode", "ModelError"]
+
+
+class ErrorCode(StrEnum):
+    """Why an image could not be analysed (the `error.code` of an error result)."""
+
+    EMPTY_FILE = "empty_file"
+    NOT_AN_IMAGE = "not_an_image"
+    TRUNCATED_IMAGE = "truncated_image"
+    FILE_TOO_LARGE = "file_too_large"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    UNREADABLE_FILE = "unreadable_file"
+    DETECTOR_FAILED = "detector_failed"
+    INTERNAL_ERROR = "internal_error"
+
+
+class AnalysisError(Exception):
+    """One image could not be analysed; the batch goes on.
+
+    >>> AnalysisError(ErrorCode.EMPTY_FILE, "the file is empty").code
+    <ErrorCode.EMPTY_FILE: 'empty_file'>
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ModelError(RuntimeError):
+    """A model file is missing or corrupt; the message says how to fix it."""

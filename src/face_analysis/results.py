@@ -1,0 +1,138 @@
+"""Result types, their JSON form, output naming and the atomic writer.
+
+The JSON keeps the seed's keys and meanings (`image_id`, `faces[].bbox`, `confidence`, `age`,
+`age_confidence`, `gender`, `gender_confidence`, `processing_time`) and adds landmarks,
+`age_years`, image size, schema version, model ids, timings and an `error` object.
+`schema/result.schema.json` describes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import ErrorCode
+
+__all__ = [
+    "LANDMARK_NAMES",
+    "SCHEMA_VERSION",
+    "Face",
+    "ImageResult",
+    "ResultError",
+    "output_names",
+    "write_json_atomic",
+]
+
+SCHEMA_VERSION = "1.0"
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    """One face: box and landmarks in upright original-image pixels, estimates, confidences."""
+
+    bbox: tuple[int, int, int, int]
+    confidence: float
+    landmarks: dict[str, tuple[float, float]] | None
+    age: str
+    age_years: float
+    age_confidence: float
+    gender: str
+    gender_confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bbox": list(self.bbox),
+            "confidence": round(self.confidence, 4),
+            "landmarks": None
+            if self.landmarks is None
+            else {k: [round(x, 1), round(y, 1)] for k, (x, y) in self.landmarks.items()},
+            "age": self.age,
+            "age_years": round(self.age_years, 1),
+            "age_confidence": round(self.age_confidence, 4),
+            "gender": self.gender,
+            "gender_confidence": round(self.gender_confidence, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ResultError:
+    """Why an image has no analysis: a stable machine-readable code and a message for people."""
+
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """Everything known about one input image: its faces, or the error that stopped it."""
+
+    image_id: str
+    faces: tuple[Face, ...]
+    width: int | None
+    height: int | None
+    processing_time: datetime
+    models: dict[str, str]
+    settings: dict[str, Any]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: ResultError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "image_id": self.image_id,
+            "width": self.width,
+            "height": self.height,
+            "faces": [face.to_dict() for face in self.faces],
+            "processing_time": self.processing_time.isoformat(),
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "models": self.models,
+            "settings": self.settings,
+            "error": None
+            if self.error is None
+            else {"code": self.error.code.value, "message": self.error.message},
+        }
+
+    def to_json(self) -> str:
+        """Exactly what `face-analysis analyze` writes."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def write_json_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def output_names(relative_inputs: Iterable[PurePosixPath]) -> dict[PurePosixPath, PurePosixPath]:
+    """Result file name for each input path (relative to its input root).
+
+    The seed's rule, `photo.jpg` -> `photo.json`, unless two inputs in one folder share a
+    base name (`a.jpg`, `a.png`): then each keeps its extension (`a.jpg.json`, `a.png.json`).
+    """
+    inputs = list(relative_inputs)
+    stems = Counter(path.with_suffix("") for path in inputs)
+    return {
+        path: path.with_suffix(".json")
+        if stems[path.with_suffix("")] == 1
+        else path.with_name(path.name + ".json")
+        for path in inputs
+    }
