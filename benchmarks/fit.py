@@ -104,7 +104,7 @@ def main() -> None:
     if not root.is_dir():
         print(f"no UTKFace dev set at {root}: nothing to fit")
         return
-    analyzer = Analyzer(AnalyzerConfig())
+    analyzer = Analyzer(AnalyzerConfig(precision="fp32"))
     data = detect_all(analyzer, root, args.cache)
     found = np.isfinite(data["landmarks"][:, 0, 0])
     files, ages, male = data["files"][found], data["age"][found], data["male"][found]

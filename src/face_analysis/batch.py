@@ -9,12 +9,14 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
+from .annotate import ANNOTATED_SUFFIX, annotated_path, write_annotated
 from .pipeline import Analyzer, AnalyzerConfig
 from .results import ImageResult, output_names
 
@@ -25,11 +27,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One input file, its id in the results (path relative to its input root), its result file."""
+    """One input file, its id in the results (path relative to its input root), its result file.
+
+    annotated: where its annotated image goes (None: not asked for).
+    """
 
     source: Path
     image_id: str
     output: Path
+    annotated: Path | None = None
 
 
 class PlanError(ValueError):
@@ -44,11 +50,14 @@ def _discover(root: Path, recursive: bool) -> list[Path]:
         if path.is_file()
         and path.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        and not path.name.endswith(ANNOTATED_SUFFIX)  # our own output, when it shares the folder
     )
 
 
-def plan_jobs(paths: Sequence[Path], output_dir: Path, recursive: bool = False) -> list[Job]:
-    """Every input with the file its result goes to.
+def plan_jobs(
+    paths: Sequence[Path], output_dir: Path, recursive: bool = False, annotate: bool = False
+) -> list[Job]:
+    """Every input with the file its result goes to (and its annotated image, with `annotate`).
 
     Folders contribute their image files (by extension; sub-folders with `recursive`,
     mirrored in the output); files named explicitly are always inputs, whatever their type.
@@ -77,15 +86,22 @@ def plan_jobs(paths: Sequence[Path], output_dir: Path, recursive: bool = False) 
                 "analyse them into different output folders"
             )
         claimed[output] = source
-        jobs.append(Job(source=source, image_id=str(rel), output=output))
+        annotated = annotated_path(output) if annotate else None
+        jobs.append(Job(source=source, image_id=str(rel), output=output, annotated=annotated))
     return jobs
 
 
 def is_up_to_date(job: Job) -> bool:
-    """A result exists and is newer than its input."""
+    """A result exists and is newer than its input; so is its annotated image, if one is asked for
+    (an error result has none)."""
     try:
-        return job.output.stat().st_mtime >= job.source.stat().st_mtime
-    except OSError:
+        source_time = job.source.stat().st_mtime
+        if job.output.stat().st_mtime < source_time:
+            return False
+        if job.annotated is None or (job.annotated.exists() and job.annotated.stat().st_mtime >= source_time):
+            return True
+        return json.loads(job.output.read_text(encoding="utf-8")).get("error") is not None
+    except (OSError, ValueError, AttributeError):
         return False
 
 
@@ -99,7 +115,17 @@ def _init_worker(config: AnalyzerConfig) -> None:
 
 def _analyze_in_worker(job: Job) -> tuple[Job, ImageResult]:
     assert _worker_analyzer is not None
-    return job, _worker_analyzer.analyze(job.source, image_id=job.image_id)
+    return _run_job(_worker_analyzer, job)
+
+
+def _run_job(analyzer: Analyzer, job: Job) -> tuple[Job, ImageResult]:
+    """Analyse; draw the annotated image, if asked for, from the pixels just decoded (before the
+    JSON is written, so a result present means its annotated image is too)."""
+    if job.annotated is None:
+        return job, analyzer.analyze(job.source, image_id=job.image_id)
+    result, image = analyzer.analyze_with_image(job.source, image_id=job.image_id)
+    write_annotated(job.annotated, image, result)
+    return job, result
 
 
 def run_jobs(
@@ -112,7 +138,7 @@ def run_jobs(
     if workers <= 1 or len(jobs) <= 1:
         analyzer = Analyzer(config)
         for job in jobs:
-            yield job, analyzer.analyze(job.source, image_id=job.image_id)
+            yield _run_job(analyzer, job)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     worker_config = replace(config, threads=threads)

@@ -17,6 +17,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_PIXELS = "too_many_pixels"
     UNREADABLE_FILE = "unreadable_file"
     DETECTOR_FAILED = "detector_failed"
+    DETECTOR_UNAVAILABLE = "detector_unavailable"  # a remote detector kept failing (network, 429, 5xx)
+    DETECTOR_AUTH_FAILED = "detector_auth_failed"  # a remote detector refused the API key (401/403)
     INTERNAL_ERROR = "internal_error"
 
 

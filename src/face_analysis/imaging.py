@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -17,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import AnalysisError, ErrorCode
 
-__all__ = ["DecodeLimits", "RGBImage", "decode_image", "to_rgb_array"]
+__all__ = ["DecodeLimits", "RGBImage", "decode_image", "probe_image", "read_image_file", "to_rgb_array"]
 
 RGBImage = NDArray[np.uint8]
 
@@ -33,34 +34,43 @@ class DecodeLimits:
     max_pixels: int = 100_000_000
 
 
+def read_image_file(path: Path, limits: DecodeLimits | None = None) -> bytes:
+    """The bytes of an image file, refusing one over `limits.max_bytes` before reading it.
+
+    Raises:
+        AnalysisError: too large (`file_too_large`) or unreadable (`unreadable_file`).
+    """
+    limits = limits or DecodeLimits()
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise AnalysisError(
+                ErrorCode.FILE_TOO_LARGE,
+                f"the file has {size:,} bytes; the limit is {limits.max_bytes:,}",
+            )
+        return path.read_bytes()
+    except OSError as exc:
+        raise AnalysisError(ErrorCode.UNREADABLE_FILE, f"cannot read {path}: {exc.strerror}") from None
+
+
+def probe_image(data: bytes, limits: DecodeLimits | None = None) -> tuple[int, int]:
+    """(width, height) from the image's header, checked against `limits`, without decoding it.
+
+    Raises:
+        AnalysisError: empty, too large, not an image, or a header that cannot be read.
+    """
+    with _open_checked(data, limits or DecodeLimits()) as image:
+        width, height = image.size
+        return int(width), int(height)
+
+
 def decode_image(data: bytes, limits: DecodeLimits | None = None) -> RGBImage:
     """Decode image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF first frame) to upright RGB.
 
     Raises:
         AnalysisError: empty, too large, not an image, truncated or otherwise unreadable.
     """
-    limits = limits or DecodeLimits()
-    if not data:
-        raise AnalysisError(ErrorCode.EMPTY_FILE, "the file is empty")
-    if len(data) > limits.max_bytes:
-        raise AnalysisError(
-            ErrorCode.FILE_TOO_LARGE,
-            f"the file has {len(data):,} bytes; the limit is {limits.max_bytes:,}",
-        )
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise AnalysisError(ErrorCode.NOT_AN_IMAGE, "not a recognised image format") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise AnalysisError(ErrorCode.UNREADABLE_FILE, f"cannot read the image: {exc}") from None
-    with image:
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise AnalysisError(
-                ErrorCode.TOO_MANY_PIXELS,
-                f"the image is {width}x{height} = {width * height:,} pixels; "
-                f"the limit is {limits.max_pixels:,}",
-            )
+    with _open_checked(data, limits or DecodeLimits()) as image:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. corrupt EXIF: the pixels still decode
@@ -74,6 +84,35 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> RGBImage:
             raise AnalysisError(ErrorCode.UNREADABLE_FILE, f"cannot decode the image: {exc}") from None
         except (ValueError, SyntaxError, EOFError) as exc:
             raise AnalysisError(ErrorCode.UNREADABLE_FILE, f"cannot decode the image: {exc}") from None
+
+
+def _open_checked(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """The opened (not yet decoded) image, after the checks that need only its header."""
+    if not data:
+        raise AnalysisError(ErrorCode.EMPTY_FILE, "the file is empty")
+    if len(data) > limits.max_bytes:
+        raise AnalysisError(
+            ErrorCode.FILE_TOO_LARGE,
+            f"the file has {len(data):,} bytes; the limit is {limits.max_bytes:,}",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data" from a broken TIFF header
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise AnalysisError(ErrorCode.NOT_AN_IMAGE, "not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        if "truncated" in str(exc).lower():  # the header itself is cut short ("Truncated File Read")
+            raise AnalysisError(ErrorCode.TRUNCATED_IMAGE, "the image data is truncated") from None
+        raise AnalysisError(ErrorCode.UNREADABLE_FILE, f"cannot read the image: {exc}") from None
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        image.close()
+        raise AnalysisError(
+            ErrorCode.TOO_MANY_PIXELS,
+            f"the image is {width}x{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}",
+        )
+    return image
 
 
 def to_rgb_array(image: Image.Image) -> RGBImage:

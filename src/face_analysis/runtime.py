@@ -1,0 +1,97 @@
+"""Inference runtimes: onnxruntime (default) or OpenVINO (the optional `openvino` extra).
+
+Both take the same ONNX bytes and give the same outputs, so a detector does not care which runs it.
+
+Usage::
+
+    run = create_runner(onnx_bytes, threads=1, runtime="openvino")
+    outputs = run(blob)        # list of arrays, in the model's output order
+
+OpenVINO sends no telemetry from here: only its runtime (`Core`) is used, never the model
+conversion tools that carry telemetry, and the telemetry package is blocked from loading in this
+process before `openvino` is first imported (its conversion tools then fall back to their stub).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .models import create_session
+
+__all__ = ["RUNTIMES", "RUNTIME_ENV", "Runner", "Runtime", "create_runner", "openvino_available"]
+
+Runtime = Literal["onnxruntime", "openvino"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+RUNTIME_ENV = "FACE_ANALYSIS_RUNTIME"
+Runner = Callable[[NDArray[np.float32]], list[NDArray[np.float32]]]
+
+
+def openvino_available() -> bool:
+    """True when the `openvino` extra is installed."""
+    try:
+        _import_openvino()
+    except ImportError:
+        return False
+    return True
+
+
+def _import_openvino() -> Any:
+    if "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules:
+        # None in sys.modules makes `import openvino_telemetry` fail: nothing can send usage data.
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    import openvino
+
+    return openvino
+
+
+def create_runner(model: bytes, threads: int, runtime: Runtime = "onnxruntime", bf16: bool = True) -> Runner:
+    """A callable running `model` (ONNX bytes, one input) on the CPU with `threads` threads.
+
+    bf16: with OpenVINO, let it compute an fp32 model in bf16 where the CPU has bf16 units
+    (AVX-512 BF16 / AMX); elsewhere, and for int8 (QDQ) models, OpenVINO keeps its own choice.
+
+    Raises:
+        ValueError: unknown runtime. ImportError: OpenVINO chosen but the extra is not installed.
+    """
+    if runtime == "onnxruntime":
+        session = create_session(model, threads)
+        name = session.get_inputs()[0].name
+
+        def run_ort(blob: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+            outputs: list[NDArray[np.float32]] = session.run(None, {name: blob})
+            return outputs
+
+        return run_ort
+    if runtime != "openvino":
+        raise ValueError(f"unknown runtime {runtime!r}: use one of {', '.join(RUNTIMES)}")
+    try:
+        ov = _import_openvino()
+    except ImportError as exc:
+        raise ImportError(
+            "the OpenVINO runtime needs the `openvino` extra: pip install 'face-analysis[openvino]'"
+        ) from exc
+    core = ov.Core()
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    config: dict[str, Any] = {
+        "INFERENCE_NUM_THREADS": max(1, threads),
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "ENABLE_CPU_PINNING": False,  # several processes share few cores
+    }
+    if bf16 and "BF16" in capabilities:
+        config["INFERENCE_PRECISION_HINT"] = "bf16"
+    else:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = core.compile_model(core.read_model(model=model, weights=b""), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run_ov(blob: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        result = request.infer({0: blob}, share_inputs=True)
+        return [np.asarray(result[output]) for output in compiled.outputs]
+
+    return run_ov

@@ -1,0 +1,103 @@
+"""The age gender service: `Analyzer.load` + `Analyzer.estimate` on a job's image and detections.
+
+Reads `img:{job}` and `det:{job}`, writes `age:{job}` (AgeGenderEstimates), replies with the
+face count. Stateless: run as many replicas as the CPUs allow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import grpc
+
+from ..errors import AnalysisError, ErrorCode
+from ..imaging import RGBImage
+from ..pipeline import Analyzer
+from ..results import ResultError
+from .common import Metrics, default_stamp, job_id_problem, log, make_analyzer, redis_unavailable, run_server
+from .convert import detections_from_proto, error_to_proto, estimates_to_proto
+from .generated import age_gender_pb2, age_gender_pb2_grpc
+from .settings import Settings
+from .store import JobStore
+
+__all__ = ["AgeGenderService", "serve"]
+
+SERVICE_NAME = "faceanalysis.v1.AgeGender"
+
+
+class AgeGenderService(age_gender_pb2_grpc.AgeGenderServicer):
+    def __init__(self, analyzer: Analyzer, store: JobStore, metrics: Metrics, model_slots: int = 1) -> None:
+        self.analyzer = analyzer
+        self.store = store
+        self.metrics = metrics
+        # Runs at once: each already uses every onnxruntime thread, more would only contend for the
+        # cores and hold one arena of activations each.
+        self._slots = threading.BoundedSemaphore(model_slots)
+
+    @redis_unavailable
+    def Estimate(
+        self, request: age_gender_pb2.EstimateRequest, context: grpc.ServicerContext
+    ) -> age_gender_pb2.EstimateReply:
+        problem = job_id_problem(request.job_id)
+        if problem is not None:
+            self.metrics.error("INVALID_ARGUMENT")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        job_id = request.job_id
+        detected = self.store.get_detections(job_id)
+        # The pixels the face landmark service decoded, else the image bytes (decoded again).
+        source: RGBImage | bytes | None = self.store.get_pixels(job_id) if detected is not None else None
+        data = source if source is not None else self.store.get_image(job_id)
+        if data is None or detected is None:
+            self.metrics.error("NOT_FOUND")
+            missing = "image" if data is None else "detections"
+            context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no {missing} for job {job_id} in Redis (expired or lost)"
+            )
+        if detected.HasField("error"):
+            self.metrics.error("FAILED_PRECONDITION")
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job {job_id} has no faces to estimate: {detected.error.code}",
+            )
+        message = age_gender_pb2.AgeGenderEstimates()
+        error: ResultError | None = None
+        clock = time.perf_counter()
+        try:
+            detections = detections_from_proto(detected)
+            if detections:
+                image = self.analyzer.load(data)
+                with self._slots:
+                    estimates = self.analyzer.estimate(image, detections)
+                message.estimates.extend(estimates_to_proto(estimates))
+        except AnalysisError as exc:
+            error = ResultError(exc.code, exc.message)
+        except Exception as exc:  # as in the embedded mode: the image gets an internal_error result
+            log(logging.ERROR, "estimation failed", job_id=job_id, error=repr(exc))
+            error = ResultError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        message.age_gender_ms = (time.perf_counter() - clock) * 1000
+        if error is not None:
+            del message.estimates[:]
+            message.error.CopyFrom(error_to_proto(error))
+            self.metrics.error(error.code.value)
+        self.store.put_estimates(job_id, message)
+        self.metrics.stage("age_gender", time.perf_counter() - clock)
+        self.metrics.image(error is None, len(message.estimates))
+        return age_gender_pb2.EstimateReply(job_id=job_id, face_count=len(message.estimates))
+
+
+def serve(settings: Settings) -> None:
+    metrics = Metrics("age-gender")
+    service = AgeGenderService(
+        make_analyzer(settings, stamp=default_stamp(settings)),
+        JobStore(settings),
+        metrics,
+        settings.model_slots,
+    )
+    run_server(
+        "age-gender",
+        settings,
+        lambda server: age_gender_pb2_grpc.add_AgeGenderServicer_to_server(service, server),
+        SERVICE_NAME,
+    )

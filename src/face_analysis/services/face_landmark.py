@@ -1,0 +1,95 @@
+"""The face landmark service: `Analyzer.load` + `Analyzer.detect` on a job's image in Redis.
+
+Reads `img:{job}`, writes `det:{job}` (FaceDetections, with the decode or detector error if
+any), replies with the face count. Stateless: run as many replicas as the CPUs allow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import grpc
+
+from ..errors import AnalysisError, ErrorCode
+from ..pipeline import Analyzer
+from ..results import ResultError
+from .common import Metrics, job_id_problem, log, make_analyzer, redis_unavailable, run_server
+from .convert import detections_to_proto, error_to_proto
+from .generated import landmark_detection_pb2, landmark_detection_pb2_grpc
+from .settings import Settings
+from .store import JobStore
+
+__all__ = ["FaceLandmarkService", "serve"]
+
+SERVICE_NAME = "faceanalysis.v1.FaceLandmark"
+
+
+class FaceLandmarkService(landmark_detection_pb2_grpc.FaceLandmarkServicer):
+    def __init__(self, analyzer: Analyzer, store: JobStore, metrics: Metrics, model_slots: int = 1) -> None:
+        self.analyzer = analyzer
+        self.store = store
+        self.metrics = metrics
+        # Runs at once: each already uses every onnxruntime thread, more would only contend for the
+        # cores and hold one arena of activations each.
+        self._slots = threading.BoundedSemaphore(model_slots)
+        models, settings = analyzer.stamp
+        self._stamp = json.dumps({"models": models, "settings": settings})
+
+    @redis_unavailable
+    def Detect(
+        self, request: landmark_detection_pb2.DetectRequest, context: grpc.ServicerContext
+    ) -> landmark_detection_pb2.DetectReply:
+        problem = job_id_problem(request.job_id)
+        if problem is not None:
+            self.metrics.error("INVALID_ARGUMENT")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        job_id = request.job_id
+        data = self.store.get_image(job_id)
+        if data is None:
+            self.metrics.error("NOT_FOUND")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no image for job {job_id} in Redis (expired or lost)")
+        message = landmark_detection_pb2.FaceDetections(stamp_json=self._stamp)
+        error: ResultError | None = None
+        clock = time.perf_counter()
+        try:
+            image = self.analyzer.load(data)
+            message.width, message.height = int(image.shape[1]), int(image.shape[0])
+            message.decode_ms = (time.perf_counter() - clock) * 1000
+            step = time.perf_counter()
+            with self._slots:
+                detections = self.analyzer.detect(image)
+            message.detect_ms = (time.perf_counter() - step) * 1000
+            message.faces.extend(detections_to_proto(detections))
+            if detections:
+                self.store.put_pixels(job_id, image)
+        except AnalysisError as exc:
+            error = ResultError(exc.code, exc.message)
+        except Exception as exc:  # as in the embedded mode: the image gets an internal_error result
+            log(logging.ERROR, "detection failed", job_id=job_id, error=repr(exc))
+            error = ResultError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        if error is not None:
+            del message.faces[:]
+            message.error.CopyFrom(error_to_proto(error))
+            self.metrics.error(error.code.value)
+        self.store.put_detections(job_id, message)
+        self.metrics.stage("detect", time.perf_counter() - clock)
+        self.metrics.image(error is None, len(message.faces))
+        return landmark_detection_pb2.DetectReply(
+            job_id=job_id,
+            face_count=len(message.faces),
+            error=None if error is None else message.error,
+        )
+
+
+def serve(settings: Settings) -> None:
+    metrics = Metrics("face-landmark")
+    service = FaceLandmarkService(make_analyzer(settings), JobStore(settings), metrics, settings.model_slots)
+    run_server(
+        "face-landmark",
+        settings,
+        lambda server: landmark_detection_pb2_grpc.add_FaceLandmarkServicer_to_server(service, server),
+        SERVICE_NAME,
+    )

@@ -1,0 +1,49 @@
+"""Model files: a missing or corrupt one is a one-line error that says how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from face_analysis import Analyzer, AnalyzerConfig, ModelError
+from face_analysis.models import MODELS, ModelPaths
+
+FIX = "face-analysis models fetch"
+
+
+def test_missing_model_dir_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=FIX) as caught:
+        ModelPaths.resolve(tmp_path / "nowhere")
+    message = str(caught.value)
+    assert "missing" in message
+    assert "\n" not in message
+
+
+def test_analyzer_refuses_to_start_without_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=FIX):
+        Analyzer(AnalyzerConfig(model_dir=tmp_path))
+
+
+def test_corrupt_model_is_named(model_paths: ModelPaths, tmp_path: Path) -> None:
+    # A copy of the real models with a few bytes of the gender model flipped.
+    for spec in MODELS.values():
+        (tmp_path / spec.filename).write_bytes((model_paths.centerface.parent / spec.filename).read_bytes())
+    damaged = tmp_path / MODELS["gender"].filename
+    data = bytearray(damaged.read_bytes())
+    for offset in (100, len(data) // 2, len(data) - 1):
+        data[offset] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    with pytest.raises(ModelError, match="corrupt") as caught:
+        ModelPaths.resolve(tmp_path)
+    message = str(caught.value)
+    assert MODELS["gender"].filename in message
+    assert FIX in message
+    assert "\n" not in message
+
+
+def test_intact_copy_resolves(model_paths: ModelPaths, tmp_path: Path) -> None:
+    for spec in MODELS.values():
+        (tmp_path / spec.filename).symlink_to(model_paths.centerface.parent / spec.filename)
+    assert ModelPaths.resolve(tmp_path).gender == tmp_path / MODELS["gender"].filename
