@@ -25,7 +25,7 @@ from .errors import ModelError
 
 # onnxruntime may send usage telemetry unless told not to; the analysis stays offline.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
 
 ort.disable_telemetry_events()
 
