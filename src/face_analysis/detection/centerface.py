@@ -50,8 +50,16 @@ ACCURATE_PASSES: tuple[ScalePass, ...] = (ScalePass(640, min_face=16.0), ScalePa
 
 
 def _with_dynamic_size(model_path: Path) -> bytes:
-    """The model declares a fixed 10x3x32x32 input; make batch, height and width symbolic."""
+    """The model declares a fixed 10x3x32x32 input; make batch, height and width symbolic.
+
+    It also lists its weights as graph inputs, which stops onnxruntime from folding them
+    (conv + batch-norm fusion): they are dropped from the inputs, a ~4x faster detector.
+    """
     model = onnx.load(str(model_path))
+    weights = {initializer.name for initializer in model.graph.initializer}
+    real_inputs = [value for value in model.graph.input if value.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
     for value in [model.graph.input[0], *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
         for dim, name in zip(dims, ("batch", None, "height", "width"), strict=True):
