@@ -157,29 +157,10 @@ class CenterFace:
         return boxes / np.float32(scale), scores, landmarks / np.float32(scale)
 
     def _detect_at(self, image: RGBImage, scale: float, min_confidence: float) -> list[Detection]:
-        height, width = image.shape[:2]
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        pad_h, pad_w = -new_h % _ALIGN, -new_w % _ALIGN
-        blob = np.zeros((1, 3, new_h + pad_h, new_w + pad_w), dtype=np.float32)
-        blob[0, :, :new_h, :new_w] = resized.transpose(2, 0, 1)
-        heatmap, log_size, offset, points = self._run(blob)
-        boxes, scores, landmarks = _decode(heatmap[0, 0], log_size[0], offset[0], points[0], min_confidence)
+        boxes, scores, landmarks = self._candidates(image, scale, min_confidence)
         keep = nms(boxes, scores, _NMS_IOU)
-        # Back to original pixels; x and y scale alike (we kept the aspect ratio).
-        boxes = boxes[keep] / np.float32(scale)
-        landmarks = landmarks[keep] / np.float32(scale)
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-        return [
-            Detection(
-                box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-                score=float(s),
-                landmarks=lm,
-            )
-            for b, s, lm in zip(boxes, scores[keep], landmarks, strict=True)
-        ]
+        height, width = image.shape[:2]
+        return _detections(boxes[keep], scores[keep], landmarks[keep], width, height)
 
 
 def _best_match(face: Detection, candidates: Sequence[Detection]) -> Detection | None:
