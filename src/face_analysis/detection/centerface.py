@@ -216,6 +216,19 @@ def _decode(
     return boxes, scores.astype(np.float32), landmarks
 
 
+def _overlaps(
+    boxes: NDArray[np.float32], areas: NDArray[np.float32], best: np.intp, others: NDArray[np.intp]
+) -> NDArray[np.float32]:
+    """IoU of box `best` with each of `others`."""
+    ix1 = np.maximum(boxes[best, 0], boxes[others, 0])
+    iy1 = np.maximum(boxes[best, 1], boxes[others, 1])
+    ix2 = np.minimum(boxes[best, 2], boxes[others, 2])
+    iy2 = np.minimum(boxes[best, 3], boxes[others, 3])
+    inter = (ix2 - ix1).clip(0) * (iy2 - iy1).clip(0)
+    overlap: NDArray[np.float32] = inter / (areas[best] + areas[others] - inter + 1e-9)
+    return overlap
+
+
 def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) -> NDArray[np.intp]:
     """Greedy non-maximum suppression; indices of the kept boxes, best first."""
     order = np.argsort(-scores, kind="stable")
@@ -224,13 +237,7 @@ def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) -> 
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(int(best))
-        ix1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        iy1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        ix2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        iy2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = (ix2 - ix1).clip(0) * (iy2 - iy1).clip(0)
-        overlap = inter / (areas[best] + areas[rest] - inter + 1e-9)
-        order = rest[overlap <= iou]
+        order = rest[_overlaps(boxes, areas, best, rest) <= iou]
     return np.asarray(keep, dtype=np.intp)
 
 
@@ -246,12 +253,7 @@ def weighted_nms(
     out_scores: list[float] = []
     while order.size:
         best = order[0]
-        ix1 = np.maximum(boxes[best, 0], boxes[order, 0])
-        iy1 = np.maximum(boxes[best, 1], boxes[order, 1])
-        ix2 = np.minimum(boxes[best, 2], boxes[order, 2])
-        iy2 = np.minimum(boxes[best, 3], boxes[order, 3])
-        inter = (ix2 - ix1).clip(0) * (iy2 - iy1).clip(0)
-        overlap = inter / (areas[best] + areas[order] - inter + 1e-9)
+        overlap = _overlaps(boxes, areas, best, order)
         group = order[overlap > iou]
         if group.size == 0:  # a degenerate (zero-area) box overlaps nothing, not even itself
             group = order[:1]
