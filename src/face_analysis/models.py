@@ -6,7 +6,8 @@ The models ship inside two pinned PyPI wheels. Only the model files are taken fr
 Usage::
 
     paths = ModelPaths.resolve()          # raises ModelError naming the fix
-    session = create_session(paths.age, threads=1)
+    session = create_session(paths.age, threads=1)   # a path or ONNX bytes
+    model = load_model(paths.centerface)               # onnx.ModelProto, denormal weights flushed
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .errors import ModelError
 
 # onnxruntime may send usage telemetry unless told not to; the analysis stays offline.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 ort.disable_telemetry_events()
 
@@ -38,6 +41,7 @@ __all__ = [
     "create_session",
     "default_model_dir",
     "fetch_models",
+    "load_model",
     "sha256_of",
 ]
 
@@ -206,11 +210,30 @@ def build_int8_centerface(model_dir: Path | None = None) -> Path:
     return target
 
 
+def load_model(path: Path) -> onnx.ModelProto:
+    """The ONNX model at `path` with its denormal float weights set to zero.
+
+    The dlib age model holds 6,667 denormal weights (the gender model 145): multiplying by them
+    is ~7x slower on Intel CPUs (190 ms instead of 25 for 18 faces here) and changes no output.
+    """
+    model = onnx.load(str(path))
+    tiny = np.finfo(np.float32).tiny
+    for initializer in model.graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT:
+            continue
+        weights = numpy_helper.to_array(initializer)
+        denormal = (weights != 0) & (np.abs(weights) < tiny)
+        if denormal.any():
+            initializer.CopyFrom(numpy_helper.from_array(np.where(denormal, 0, weights), initializer.name))
+    return model
+
+
 def create_session(model: Path | bytes, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session tuned for this use.
+    """An onnxruntime CPU session tuned for this use; a path is read with `load_model`.
 
     Graph optimisation ALL (NCHWc layouts: 2x faster than EXTENDED here); worker threads do
-    not busy-spin, so several sessions or processes on few cores do not starve each other.
+    not busy-spin, so several sessions or processes on few cores do not starve each other;
+    denormal intermediate values are flushed to zero (same reason as in `load_model`).
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -219,5 +242,6 @@ def create_session(model: Path | bytes, threads: int) -> ort.InferenceSession:
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    source: Any = model if isinstance(model, bytes) else str(model)
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    source = model if isinstance(model, bytes) else load_model(model).SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
-from face_analysis.models import MODELS, ModelPaths
+from face_analysis.models import MODELS, ModelPaths, load_model
 
 FIX = "face-analysis models fetch"
 
@@ -47,3 +50,21 @@ def test_intact_copy_resolves(model_paths: ModelPaths, tmp_path: Path) -> None:
     for spec in MODELS.values():
         (tmp_path / spec.filename).symlink_to(model_paths.centerface.parent / spec.filename)
     assert ModelPaths.resolve(tmp_path).gender == tmp_path / MODELS["gender"].filename
+
+
+def _denormal_count(model: onnx.ModelProto) -> int:
+    tiny = np.finfo(np.float32).tiny
+    arrays = [numpy_helper.to_array(init) for init in model.graph.initializer]
+    return sum(int(((a != 0) & (np.abs(a) < tiny)).sum()) for a in arrays if a.dtype == np.float32)
+
+
+def test_load_model_flushes_denormal_weights_only(model_paths: ModelPaths) -> None:
+    # The age model ships thousands of denormal weights (7x slower convolutions on Intel CPUs).
+    original = onnx.load(str(model_paths.age))
+    loaded = load_model(model_paths.age)
+    assert _denormal_count(original) > 1000
+    assert _denormal_count(loaded) == 0
+    for before, after in zip(original.graph.initializer, loaded.graph.initializer, strict=True):
+        old, new = numpy_helper.to_array(before), numpy_helper.to_array(after)
+        normal = np.abs(old) >= np.finfo(np.float32).tiny
+        assert np.array_equal(old[normal], new[normal])

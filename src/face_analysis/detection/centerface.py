@@ -15,10 +15,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 from numpy.typing import NDArray
 
 from ..imaging import RGBImage
+from ..models import load_model
 from ..runtime import Runtime, create_runner
 from ._types import Detection
 
@@ -55,7 +55,7 @@ def _with_dynamic_size(model_path: Path) -> bytes:
     It also lists its weights as graph inputs, which stops onnxruntime from folding them
     (conv + batch-norm fusion): they are dropped from the inputs, a ~4x faster detector.
     """
-    model = onnx.load(str(model_path))
+    model = load_model(model_path)
     weights = {initializer.name for initializer in model.graph.initializer}
     real_inputs = [value for value in model.graph.input if value.name not in weights]
     del model.graph.input[:]
