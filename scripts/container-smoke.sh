@@ -34,7 +34,7 @@
 #
 # Environment knobs: SMOKE_NETWORK (bridge|host), SMOKE_SCALE (replicas, bridge only; default
 # "age-gender=2", e.g. "age-gender=3 face-landmark=2"), SMOKE_ENV (settings for both modes, e.g.
-# "FACE_ANALYSIS_PRECISION=auto": the int8 detector), SMOKE_NO_CACHE=1 (build without the layer
+# "FACE_ANALYSIS_PRECISION=int8": the int8 detector), SMOKE_NO_CACHE=1 (build without the layer
 # cache), SMOKE_KEEP=1 (keep the work folder and logs), SMOKE_PODMAN_FLAGS (global podman flags,
 # default "--runtime runc --cgroup-manager=cgroupfs"), SMOKE_BASE_IMAGE, SMOKE_REDIS_IMAGE,
 # SMOKE_IMAGE, SMOKE_DEBIAN_MIRROR, SMOKE_CA_DIR (default /etc/ssl/certs), SMOKE_TIMEOUT (s).
@@ -190,7 +190,7 @@ PODMAN = shlex.split(os.environ["SMOKE_PODMAN"])
 NETWORK = os.environ.get("SMOKE_NETWORK", "bridge")
 TIMEOUT = float(os.environ.get("SMOKE_TIMEOUT", "240"))
 UID = 1000
-# Settings for both modes, e.g. SMOKE_ENV="FACE_ANALYSIS_PRECISION=auto FACE_ANALYSIS_PRESET=accurate".
+# Settings for both modes, e.g. SMOKE_ENV="FACE_ANALYSIS_PRECISION=int8 FACE_ANALYSIS_PRESET=accurate".
 SMOKE_ENV = dict(item.split("=", 1) for item in os.environ.get("SMOKE_ENV", "").split())
 IGNORED_KEYS = {"processing_time", "timings_ms"}  # differ run to run; everything else must match
 

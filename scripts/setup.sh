@@ -14,5 +14,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev,services,openvino,quantize]'
 .venv/bin/face-analysis models fetch
-# The int8 detector is opt-in (--precision auto); failing to build it must not stop set-up.
-.venv/bin/face-analysis models quantize || echo "warning: int8 detector not built; analysis uses fp32" >&2
+# The int8 detector is opt-in (--precision int8); failing to build it must not stop set-up.
+.venv/bin/face-analysis models quantize || echo "warning: int8 detector not built; --precision int8 unavailable" >&2

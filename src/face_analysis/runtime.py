@@ -23,7 +23,14 @@ from numpy.typing import NDArray
 
 from .models import create_session
 
-__all__ = ["RUNTIMES", "RUNTIME_ENV", "Runner", "Runtime", "create_runner", "openvino_available"]
+__all__ = [
+    "RUNTIMES",
+    "RUNTIME_ENV",
+    "Runner",
+    "Runtime",
+    "create_runner",
+    "openvino_available",
+]
 
 Runtime = Literal["onnxruntime", "openvino"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)

@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
-from face_analysis.models import MODELS, ModelPaths, load_model
+from face_analysis.models import MODELS, ModelPaths, denormal_mask, load_model
 
 FIX = "face-analysis models fetch"
 
@@ -53,9 +53,8 @@ def test_intact_copy_resolves(model_paths: ModelPaths, tmp_path: Path) -> None:
 
 
 def _denormal_count(model: onnx.ModelProto) -> int:
-    tiny = np.finfo(np.float32).tiny
     arrays = [numpy_helper.to_array(init) for init in model.graph.initializer]
-    return sum(int(((a != 0) & (np.abs(a) < tiny)).sum()) for a in arrays if a.dtype == np.float32)
+    return sum(int(denormal_mask(a).sum()) for a in arrays if a.dtype == np.float32)
 
 
 def test_load_model_flushes_denormal_weights_only(model_paths: ModelPaths) -> None:
@@ -66,5 +65,9 @@ def test_load_model_flushes_denormal_weights_only(model_paths: ModelPaths) -> No
     assert _denormal_count(loaded) == 0
     for before, after in zip(original.graph.initializer, loaded.graph.initializer, strict=True):
         old, new = numpy_helper.to_array(before), numpy_helper.to_array(after)
-        normal = np.abs(old) >= np.finfo(np.float32).tiny
-        assert np.array_equal(old[normal], new[normal])
+        if old.dtype == np.float32:
+            kept = ~denormal_mask(old)
+            assert np.array_equal(old[kept].view(np.uint32), new[kept].view(np.uint32))
+            assert not new[~kept].view(np.uint32).any()  # +0.0 exactly
+        else:
+            assert np.array_equal(old, new)

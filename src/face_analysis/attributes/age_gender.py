@@ -17,7 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..imaging import RGBImage
-from ..models import create_session
+from ..models import load_model
+from ..runtime import Runner, Runtime, create_runner
 from .alignment import extract_chip
 
 __all__ = ["AgeGender", "AgeGenderEstimator", "Calibration", "age_range_of"]
@@ -65,7 +66,11 @@ def age_range_of(age_years: float) -> str:
 
 
 class AgeGenderEstimator:
-    """Both models; all faces of an image run as one batch per model."""
+    """Both models; all faces of an image run as one batch per model.
+
+    `runtime` runs them with onnxruntime or OpenVINO; `bf16` lets OpenVINO compute them in bf16
+    on CPUs with bf16 units (AMX / AVX-512 BF16): ~5x faster there, ages within ~1 year.
+    """
 
     def __init__(
         self,
@@ -73,10 +78,14 @@ class AgeGenderEstimator:
         gender_model: Path,
         threads: int = 1,
         calibration: Calibration = DEFAULT_CALIBRATION,
+        runtime: Runtime = "onnxruntime",
+        bf16: bool = False,
     ) -> None:
         self.calibration = calibration
-        self._age = create_session(age_model, threads)
-        self._gender = create_session(gender_model, threads)
+        self._age = create_runner(load_model(age_model).SerializeToString(), threads, runtime, bf16=bf16)
+        self._gender = create_runner(
+            load_model(gender_model).SerializeToString(), threads, runtime, bf16=bf16
+        )
 
     def estimate(self, image: RGBImage, landmarks: Sequence[NDArray[np.floating]]) -> list[AgeGender]:
         """Estimates for each face, given its 5 landmarks in `image` pixels."""
@@ -97,13 +106,13 @@ class AgeGenderEstimator:
 
     @staticmethod
     def _run(
-        session: object, image: RGBImage, landmarks: Sequence[NDArray[np.floating]], size: int
+        run: Runner, image: RGBImage, landmarks: Sequence[NDArray[np.floating]], size: int
     ) -> NDArray[np.float32]:
         chips = np.stack([extract_chip(image, points, size) for points in landmarks])
         # Each face is also seen mirrored; the mean of both is steadier than either.
         batch = np.concatenate([chips, chips[:, :, ::-1]])
         blob = ((batch.astype(np.float32) - _MEAN) / 256.0).transpose(0, 3, 1, 2)
-        (probs,) = session.run(None, {"images": np.ascontiguousarray(blob)})  # type: ignore[attr-defined]
+        (probs,) = run(np.ascontiguousarray(blob))
         count = len(chips)
         return np.asarray((probs[:count] + probs[count:]) / 2, dtype=np.float32)
 

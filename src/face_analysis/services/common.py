@@ -40,7 +40,7 @@ from ..detection.roboflow import (
 )
 from ..errors import AnalysisError, ErrorCode
 from ..imaging import RGBImage
-from ..pipeline import Analyzer, AnalyzerConfig
+from ..pipeline import Analyzer, AnalyzerConfig, Precision
 from .settings import ServiceName, Settings
 
 __all__ = [
@@ -241,7 +241,7 @@ def analyzer_config(settings: Settings, detector: str | None = None) -> Analyzer
         roboflow=roboflow,
         preset="accurate" if settings.preset == "accurate" else "fast",
         runtime="openvino" if settings.runtime == "openvino" else "onnxruntime",
-        precision="fp32" if settings.precision == "fp32" else "auto",
+        precision=cast(Precision, settings.precision),
     )
 
 

@@ -50,8 +50,8 @@ _HELP = {
     "model_slots": "model runs one face landmark or age gender process does at once (more: more memory)",
     "detector": "`centerface` (local) or `roboflow` (hosted; set the CLI's `ROBOFLOW_*` variables)",
     "preset": "`fast` or `accurate` (crowds), as `face-analysis analyze --preset` (the same variable)",
-    "runtime": "`onnxruntime` or `openvino` runs the detector, as `--runtime` (the same variable)",
-    "precision": "`auto` (int8 detector when built) or `fp32`, as `--precision` (the same variable)",
+    "runtime": "`onnxruntime` or `openvino` runs the models, as `--runtime` (the same variable)",
+    "precision": "`auto` (bf16 with OpenVINO where the CPU has it), `fp32` or `int8`, as `--precision`",
     "detect_size": "long side, in pixels, the detector sees each image at",
     "min_confidence": "detections scoring below this are dropped",
     "log_level": "DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr",
@@ -111,7 +111,7 @@ class Settings:
     detector: str = "centerface"
     preset: str = "fast"
     runtime: str = "onnxruntime"
-    precision: str = "fp32"
+    precision: str = "auto"
     detect_size: int = 640
     min_confidence: float = 0.5
     model_dir: Path | None = None
@@ -146,7 +146,7 @@ class Settings:
         for name, allowed in (
             ("preset", ("fast", "accurate")),
             ("runtime", ("onnxruntime", "openvino")),
-            ("precision", ("auto", "fp32")),
+            ("precision", ("auto", "fp32", "int8")),
         ):
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}")
