@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from face_analysis.cli import analyze
-from face_analysis.models import ModelPaths
+from face_analysis.models import MODELS, ModelPaths
 
 SCRIPT = Path(sys.executable).parent / "face-analysis"
 SUMMARY = re.compile(
@@ -211,6 +211,24 @@ def test_empty_model_dir_is_a_one_line_error(astronaut_path: Path, tmp_path: Pat
     assert len(lines) == 1, completed.stderr
     assert "face-analysis models fetch" in lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_int8_without_the_int8_model_is_a_one_line_error(
+    astronaut_path: Path, model_paths: ModelPaths, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for spec in MODELS.values():  # the three verified models, but no centerface-int8.onnx
+        (models / spec.filename).symlink_to(model_paths.centerface.parent / spec.filename)
+
+    completed = run(
+        "analyze", astronaut_path, "-o", tmp_path / "out", "--model-dir", models, "--precision", "int8"
+    )
+
+    assert completed.returncode == 3
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1, completed.stderr
+    assert "face-analysis models quantize" in lines[0]
 
 
 def test_help_explains_every_option() -> None:
