@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from .annotate import ANNOTATED_SUFFIX, annotated_path, write_annotated
+from .errors import FINAL_ERROR_CODES
 from .pipeline import Analyzer, AnalyzerConfig
 from .results import ImageResult, output_names
 
@@ -103,6 +104,18 @@ def is_up_to_date(job: Job) -> bool:
         return json.loads(job.output.read_text(encoding="utf-8")).get("error") is not None
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def needs_analysis(job: Job) -> bool:
+    """Not up to date, or up to date but an error whose cause may have passed (a detector that
+    was unavailable or refused the key, an internal error): such inputs are tried again."""
+    if not is_up_to_date(job):
+        return True
+    try:
+        error = json.loads(job.output.read_text(encoding="utf-8")).get("error")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return isinstance(error, dict) and error.get("code") not in FINAL_ERROR_CODES
 
 
 _worker_analyzer: Analyzer | None = None

@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 import click
 from tqdm import tqdm
 
-from .batch import PlanError, is_up_to_date, plan_jobs, run_jobs
+from .batch import PlanError, needs_analysis, plan_jobs, run_jobs
 from .detection import roboflow
 from .errors import ModelError
 from .models import MODEL_DIR_ENV, ModelPaths, build_int8_centerface, default_model_dir, fetch_models
@@ -212,7 +212,8 @@ def analyze(
 
     Folders contribute their .jpg/.jpeg/.png/.webp/.bmp/.tif/.tiff/.gif files. Every input
     ends with exactly one result: its faces, or an `error` (code and message) if it could
-    not be analysed. Inputs whose result is already newer than them are skipped.
+    not be analysed. Inputs whose result is already newer than them are skipped, unless that
+    result is an error another try may not repeat (detector unavailable, key refused, internal).
 
     Exit status: 0 when every input was analysed, 1 when some could not be, 2 on a usage
     error, 3 when a model is missing or corrupt, 4 when the output folder cannot be written.
@@ -221,7 +222,7 @@ def analyze(
         jobs = plan_jobs(list(paths), output_dir, recursive, annotate=annotate)
     except PlanError as exc:
         raise click.UsageError(str(exc)) from None
-    todo = jobs if overwrite else [job for job in jobs if not is_up_to_date(job)]
+    todo = jobs if overwrite else [job for job in jobs if needs_analysis(job)]
     skipped = len(jobs) - len(todo)
     rf_settings = _roboflow_settings(
         detector, roboflow_model, roboflow_version, roboflow_api_url, roboflow_classes

@@ -22,6 +22,18 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+# Errors that depend on the file alone: analysing it again gives the same error until it changes.
+FINAL_ERROR_CODES = frozenset(
+    {
+        ErrorCode.EMPTY_FILE,
+        ErrorCode.NOT_AN_IMAGE,
+        ErrorCode.TRUNCATED_IMAGE,
+        ErrorCode.FILE_TOO_LARGE,
+        ErrorCode.TOO_MANY_PIXELS,
+    }
+)
+
+
 class AnalysisError(Exception):
     """One image could not be analysed; the batch goes on.
 

@@ -158,6 +158,28 @@ def test_clean_folder_then_up_to_date_then_overwrite(
         assert data["faces"] == written[name]["faces"]
 
 
+def test_error_results_whose_cause_may_have_passed_are_tried_again(
+    model_paths: ModelPaths, astronaut_rgb: NDArray[np.uint8], tmp_path: Path
+) -> None:
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    write_small_images(astronaut_rgb, inputs, 2)
+    (inputs / "notes.jpg").write_text("not an image")
+    first = run("analyze", inputs, "-o", output)
+    assert first.returncode == 1
+    # As if a hosted detector had been down for face_000 during the first run.
+    stale = output / "face_000.json"
+    data = json.loads(stale.read_text())
+    data.update(faces=[], error={"code": "detector_unavailable", "message": "HTTP 503, 3 tries"})
+    stale.write_text(json.dumps(data))
+
+    again = run("analyze", inputs, "-o", output)
+
+    # face_000 again (now analysed), face_001 and notes.jpg (not an image: final) skipped.
+    assert (summary(again)["analysed"], summary(again)["skipped"]) == (1, 2)
+    assert json.loads(stale.read_text())["error"] is None
+    assert json.loads((output / "notes.json").read_text())["error"]["code"] == "not_an_image"
+
+
 def test_same_base_name_gets_two_results(
     model_paths: ModelPaths, astronaut_rgb: NDArray[np.uint8], tmp_path: Path
 ) -> None:
