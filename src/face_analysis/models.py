@@ -95,7 +95,7 @@ CENTERFACE_INT8 = ModelSpec(
     filename="centerface-int8.onnx",
     wheel="",
     member="",
-    sha256="ffc3e2c512d03f3c9cdff34f8667a85e4027293674f89cbbfa45ef364f0e83ea",
+    sha256="85b9ccb0c675b34fa399c1e8e8a925d9f4c051fc4030b22728eb245a5c003fb6",
     licence="MIT",
 )
 

@@ -33,7 +33,7 @@ from .errors import AnalysisError, ErrorCode
 from .imaging import DecodeLimits, RGBImage, decode_image, read_image_file
 from .models import CENTERFACE_INT8, MODELS, ModelPaths
 from .results import LANDMARK_NAMES, Face, ImageResult, ResultError
-from .runtime import RUNTIMES, Runtime
+from .runtime import RUNTIMES, Runtime, cpu_has_int8_dot_product
 
 __all__ = ["PRECISIONS", "Analyzer", "AnalyzerConfig", "ImageSource", "Precision"]
 
@@ -60,13 +60,13 @@ class AnalyzerConfig:
         hard AP 0.737 instead of 0.443, at ~30x the detection time of fast; `detect_size` does
         not apply).
     runtime: "onnxruntime" or "openvino" (the `openvino` extra) runs the models.
-    precision: "auto" (default): with OpenVINO, the models compute in bf16 on CPUs with bf16
-        units (AMX / AVX-512 BF16: ~2x faster detection, ~5x faster age/gender, WIDER AP and
-        UTKFace figures unchanged); fp32 elsewhere (onnxruntime has no bf16 CPU kernels).
-        "fp32": the original models in fp32 everywhere. "int8": as auto, but the fast preset's
-        detector is the int8 CenterFace (`face-analysis models quantize`): 1.5-2.6x faster
-        detection with WIDER AP within 0.005 on CPUs with VNNI, but close-up faces (> 256 px
-        in the detector's view) are found less well: UTKFace age MAE 6.36 y instead of 5.87.
+    precision: "auto" (default): the fast preset's detector is the int8 CenterFace when it is
+        built and verified (`face-analysis models quantize`) and the CPU has int8 dot-product
+        units (VNNI, AMX, Arm dotprod), where it keeps WIDER AP within 0.005 of fp32 at
+        1.4-2.6x the speed (UTKFace age MAE 6.04 y instead of 5.87); with OpenVINO the fp32
+        models (age, gender, an fp32 detector) compute in bf16 on CPUs with bf16 units.
+        "fp32": the original models in fp32 everywhere. "int8": as auto, but the int8
+        detector on any CPU, and an error when it is not built.
     """
 
     detect_size: int | None = 640
@@ -111,7 +111,7 @@ class Analyzer:
         self.config = config or AnalyzerConfig()
         paths = ModelPaths.resolve(self.config.model_dir)
         bf16 = self.config.precision != "fp32"
-        int8 = paths.require_int8() if detector is None and _uses_int8(self.config) else None
+        int8 = paths.require_int8() if detector is None and _uses_int8(self.config, paths) else None
         self.detector: FaceDetector = detector or (
             RoboflowDetector(self.config.roboflow)
             if self.config.detector == "roboflow"
@@ -152,7 +152,7 @@ class Analyzer:
     def check_models(config: AnalyzerConfig) -> None:
         """Raise `ModelError` now if a model file `config` needs is missing or corrupt."""
         paths = ModelPaths.resolve(config.model_dir)
-        if _uses_int8(config):
+        if _uses_int8(config, paths):
             paths.require_int8()
 
     def analyze(self, source: ImageSource, image_id: str | None = None) -> ImageResult:
@@ -242,10 +242,14 @@ class Analyzer:
         )
 
 
-def _uses_int8(config: AnalyzerConfig) -> bool:
+def _uses_int8(config: AnalyzerConfig, paths: ModelPaths) -> bool:
     """The int8 CenterFace serves only the fast preset: it costs the accurate one's small faces
-    ~0.03 WIDER hard AP."""
-    return config.precision == "int8" and config.preset == "fast" and config.detector == "centerface"
+    ~0.03 WIDER hard AP. `auto` takes it where it is built and the CPU keeps its accuracy."""
+    if config.preset != "fast" or config.detector != "centerface":
+        return False
+    if config.precision == "int8":
+        return True
+    return config.precision == "auto" and paths.centerface_int8 is not None and cpu_has_int8_dot_product()
 
 
 def faces_of(detections: Sequence[Detection], estimates: Sequence[AgeGender]) -> tuple[Face, ...]:

@@ -22,7 +22,7 @@ from face_analysis import Analyzer, AnalyzerConfig, ModelError
 from face_analysis.models import CENTERFACE_INT8, ModelPaths, sha256_of
 from face_analysis.quantize import prepare_fp32, quantize_centerface
 from face_analysis.results import ImageResult
-from face_analysis.runtime import openvino_available
+from face_analysis.runtime import cpu_has_int8_dot_product, openvino_available
 
 # Where the face is in astronaut.jpg (as in conftest.py) and the head crop the group picture uses.
 ASTRONAUT_FACE = (180, 58, 271, 176)
@@ -92,14 +92,21 @@ def test_int8_build_is_deterministic(model_paths: ModelPaths, tmp_path: Path) ->
     assert 0 in axes  # per-channel weights (axis 0 of the Conv kernels)
 
 
-def test_installed_int8_is_the_pinned_build_and_used_only_with_precision_int8(
+def test_installed_int8_is_the_pinned_build_and_used_by_default_where_it_keeps_accuracy(
     int8_paths: ModelPaths, int8_analyzer: Analyzer
 ) -> None:
     assert int8_paths.centerface_int8 is not None
     assert sha256_of(int8_paths.centerface_int8) == CENTERFACE_INT8.sha256
     assert int8_analyzer._models["centerface"].startswith(CENTERFACE_INT8.filename)
-    default = Analyzer(AnalyzerConfig(threads=1, model_dir=int8_paths.centerface.parent))
-    assert default._models["centerface"].startswith("centerface.onnx")
+    folder = int8_paths.centerface.parent
+    default = Analyzer(AnalyzerConfig(threads=1, model_dir=folder))
+    expected = CENTERFACE_INT8.filename if cpu_has_int8_dot_product() else "centerface.onnx"
+    assert default._models["centerface"].startswith(expected)
+    for config in (
+        AnalyzerConfig(threads=1, model_dir=folder, precision="fp32"),
+        AnalyzerConfig(threads=1, model_dir=folder, preset="accurate"),
+    ):
+        assert Analyzer(config)._models["centerface"].startswith("centerface.onnx")
 
 
 def test_corrupt_int8_is_refused_with_the_fix(model_paths: ModelPaths, tmp_path: Path) -> None:
@@ -146,7 +153,8 @@ def test_openvino_finds_the_same_faces(
         precision=precision,  # type: ignore[arg-type]
     )
     openvino = Analyzer(config)
-    reference = int8_analyzer if precision == "int8" else fp32_analyzer
+    int8_detector = precision == "int8" or (precision == "auto" and cpu_has_int8_dot_product())
+    reference = int8_analyzer if int8_detector else fp32_analyzer
     result = openvino.analyze(group_image.path)
     _same_faces(result, reference.analyze(group_image.path))
     assert result.settings["runtime"] == "openvino"
