@@ -14,5 +14,6 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev,services,openvino,quantize]'
 .venv/bin/face-analysis models fetch
-# The int8 detector is opt-in (--precision int8); failing to build it must not stop set-up.
-.venv/bin/face-analysis models quantize || echo "warning: int8 detector not built; --precision int8 unavailable" >&2
+# The int8 detector (used by --precision auto where the CPU suits it); failing to build it
+# must not stop set-up: analysis then runs the fp32 model.
+.venv/bin/face-analysis models quantize || echo "warning: int8 detector not built; analysis uses fp32" >&2

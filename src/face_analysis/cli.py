@@ -158,11 +158,13 @@ def _roboflow_settings(
     default="auto",
     show_default=True,
     envvar=PRECISION_ENV,
-    help="auto: with --runtime openvino, bf16 on CPUs that have it (AMX / AVX-512 BF16; ~2x faster "
-    "detection, ~5x faster age/gender, same accuracy), else fp32. fp32: the original models "
-    "everywhere. int8: as auto, plus the int8 detector for the fast preset (build it with "
-    "`face-analysis models quantize`): 1.5-2.6x faster detection, same WIDER AP, but close-up "
-    f"faces are found less well (UTKFace age MAE 6.4 y instead of 5.9) [env {PRECISION_ENV}].",
+    help="auto: the int8 detector (fast preset, --detect-size up to 640) when it is built "
+    "(`face-analysis models quantize`, which set-up runs) and the CPU has VNNI/AMX: 1.4-2.6x "
+    "faster detection, same WIDER AP, "
+    "UTKFace age MAE 6.0 y instead of 5.9; with --runtime openvino the other models in bf16 "
+    "where the CPU has it (~5x faster age/gender, same accuracy). fp32: the original models "
+    "everywhere. int8: the int8 detector on any CPU (an error if it is not built) "
+    f"[env {PRECISION_ENV}].",
 )
 @click.option(
     "--min-confidence",
@@ -339,7 +341,7 @@ def models_quantize(model_dir: Path | None) -> None:
 
     Static int8 (per-channel weights, QDQ), calibrated only on augmentations of the
     repository's public-domain photo tests/data/astronaut.jpg; deterministic, and installed
-    only if its SHA-256 is the pinned one. `analyze --precision int8` then uses it.
+    only if its SHA-256 is the pinned one. `analyze` then uses it (see --precision).
     About 1-2 min on one core.
     """
     try:

@@ -38,6 +38,7 @@ from .runtime import RUNTIMES, Runtime, cpu_has_int8_dot_product
 __all__ = ["PRECISIONS", "Analyzer", "AnalyzerConfig", "ImageSource", "Precision"]
 
 ImageSource = str | os.PathLike[str] | bytes | RGBImage
+_INT8_AUTO_MAX_SIZE = 640
 Precision = Literal["auto", "fp32", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
@@ -61,9 +62,10 @@ class AnalyzerConfig:
         not apply).
     runtime: "onnxruntime" or "openvino" (the `openvino` extra) runs the models.
     precision: "auto" (default): the fast preset's detector is the int8 CenterFace when it is
-        built and verified (`face-analysis models quantize`) and the CPU has int8 dot-product
-        units (VNNI, AMX, Arm dotprod), where it keeps WIDER AP within 0.005 of fp32 at
-        1.4-2.6x the speed (UTKFace age MAE 6.04 y instead of 5.87); with OpenVINO the fp32
+        built and verified (`face-analysis models quantize`), `detect_size` is at most 640 and
+        the CPU has int8 dot-product units (VNNI, AMX, Arm dotprod), where it keeps WIDER AP
+        within 0.005 of fp32 at 1.4-2.6x the speed (UTKFace age MAE 6.04 y instead of 5.87);
+        larger sizes keep fp32 (at 1024 int8 loses 0.010 AP). With OpenVINO the fp32
         models (age, gender, an fp32 detector) compute in bf16 on CPUs with bf16 units.
         "fp32": the original models in fp32 everywhere. "int8": as auto, but the int8
         detector on any CPU, and an error when it is not built.
@@ -244,12 +246,19 @@ class Analyzer:
 
 def _uses_int8(config: AnalyzerConfig, paths: ModelPaths) -> bool:
     """The int8 CenterFace serves only the fast preset: it costs the accurate one's small faces
-    ~0.03 WIDER hard AP. `auto` takes it where it is built and the CPU keeps its accuracy."""
+    ~0.03 WIDER hard AP. `auto` takes it where it was measured to keep fp32's accuracy: built,
+    a CPU with int8 dot products, and detection at up to 640 px (at 1024 it loses 0.010 AP)."""
     if config.preset != "fast" or config.detector != "centerface":
         return False
     if config.precision == "int8":
         return True
-    return config.precision == "auto" and paths.centerface_int8 is not None and cpu_has_int8_dot_product()
+    return (
+        config.precision == "auto"
+        and config.detect_size is not None
+        and config.detect_size <= _INT8_AUTO_MAX_SIZE
+        and paths.centerface_int8 is not None
+        and cpu_has_int8_dot_product()
+    )
 
 
 def faces_of(detections: Sequence[Detection], estimates: Sequence[AgeGender]) -> tuple[Face, ...]:

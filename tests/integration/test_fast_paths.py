@@ -105,6 +105,7 @@ def test_installed_int8_is_the_pinned_build_and_used_by_default_where_it_keeps_a
     for config in (
         AnalyzerConfig(threads=1, model_dir=folder, precision="fp32"),
         AnalyzerConfig(threads=1, model_dir=folder, preset="accurate"),
+        AnalyzerConfig(threads=1, model_dir=folder, detect_size=1024),
     ):
         assert Analyzer(config)._models["centerface"].startswith("centerface.onnx")
 
