@@ -31,6 +31,7 @@ __all__ = [
     "Runner",
     "Runtime",
     "cpu_has_int8_dot_product",
+    "cpuinfo_has_int8_dot_product",
     "create_runner",
     "openvino_available",
 ]
@@ -57,6 +58,11 @@ def cpu_has_int8_dot_product() -> bool:
         cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
+    return cpuinfo_has_int8_dot_product(cpuinfo)
+
+
+def cpuinfo_has_int8_dot_product(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists an int8 dot-product flag (x86 `flags`, Arm `Features`)."""
     flag_lines = (line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features")))
     flags = {flag for line in flag_lines for flag in line.split()}
     return not flags.isdisjoint(_INT8_DOT_PRODUCT_FLAGS)
