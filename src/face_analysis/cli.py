@@ -159,7 +159,7 @@ def _roboflow_settings(
     show_default=True,
     envvar=PRECISION_ENV,
     help="auto: the int8 detector (fast preset, --detect-size up to 640) when it is built "
-    "(`face-analysis models quantize`, which set-up runs) and the CPU has VNNI/AMX: 1.4-2.6x "
+    "(`face-analysis models quantize`, which set-up runs) and the CPU has VNNI/AMX: 1.4-1.9x "
     "faster detection, same WIDER AP, "
     "UTKFace age MAE 6.0 y instead of 5.9; with --runtime openvino the other models in bf16 "
     "where the CPU has it (~5x faster age/gender, same accuracy). fp32: the original models "

@@ -64,7 +64,7 @@ class AnalyzerConfig:
     precision: "auto" (default): the fast preset's detector is the int8 CenterFace when it is
         built and verified (`face-analysis models quantize`), `detect_size` is at most 640 and
         the CPU has int8 dot-product units (VNNI, AMX, Arm dotprod), where it keeps WIDER AP
-        within 0.005 of fp32 at 1.4-2.6x the speed (UTKFace age MAE 6.04 y instead of 5.87);
+        within 0.005 of fp32 at 1.4-1.9x the speed (UTKFace age MAE 6.04 y instead of 5.87);
         larger sizes keep fp32 (at 1024 int8 loses 0.010 AP). With OpenVINO the fp32
         models (age, gender, an fp32 detector) compute in bf16 on CPUs with bf16 units.
         "fp32": the original models in fp32 everywhere. "int8": as auto, but the int8
