@@ -2,7 +2,7 @@
 
 Usage::
 
-    /tmp/venv/bin/python benchmarks/stack.py [--images 200] [--clients 8] [--requests 50] [--json out.json]
+    .venv/bin/python benchmarks/stack.py [--images 200] [--clients 8] [--requests 50] [--json out.json]
 
 1. Throughput. N photos made from tests/data/astronaut.jpg (crops and re-encodings, 384-640 px,
    written to a temporary folder) are analysed by

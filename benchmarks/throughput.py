@@ -2,8 +2,8 @@
 
 Usage::
 
-    /tmp/venv/bin/python benchmarks/throughput.py [--sets demo wider] [--repeat 5] [--json out.json]
-    /tmp/venv/bin/python benchmarks/throughput.py --help     # every option
+    .venv/bin/python benchmarks/throughput.py [--sets demo wider] [--repeat 5] [--json out.json]
+    .venv/bin/python benchmarks/throughput.py --help     # every option
 
 What is measured, per image set (`demo`: the two demo group photos plus copies resized to a
 1280 px long side, made in a temporary folder at run time; `wider`: the WIDER val DEV subset):
@@ -599,7 +599,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "boxes), peak RSS of each worker; plus a wall-clock run of our CLI (images/s, peak "
             "RSS). Run it with the project's interpreter; the jobs run one at a time."
         ),
-        epilog="example: /tmp/venv/bin/python benchmarks/throughput.py --sets demo "
+        epilog="example: .venv/bin/python benchmarks/throughput.py --sets demo "
         "--repeat 7 --json /tmp/throughput.json",
     )
     parser.add_argument(
