@@ -39,7 +39,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -325,12 +325,12 @@ def wider_ap(
 
 
 def wider_detections(
-    analyzer: Analyzer,
+    detect: Callable[[RGBImage], Sequence[Detection]],
     wider_dir: Path,
     ground_truth: Mapping[str, WiderImage],
     progress: bool | None = None,
 ) -> tuple[dict[str, FloatArray], list[float]]:
-    """Run `analyzer.detect` on each image of the ground truth.
+    """Run `detect` (e.g. `Analyzer.detect`) on each image of the ground truth.
 
     Returns (file -> n x 5 x, y, w, h, score in the ground truth's pixels; ms per image).
     Only detection is timed (resize + network + decoding of the outputs), not JPEG decoding.
@@ -340,7 +340,7 @@ def wider_detections(
     for file, truth in tqdm(ground_truth.items(), desc="wider", unit="img", disable=_no_bar(progress)):
         rgb = decode_image((wider_dir / file).read_bytes())
         start = time.perf_counter()
-        detections = analyzer.detect(rgb)
+        detections = detect(rgb)
         times_ms.append((time.perf_counter() - start) * 1000)
         pred = np.array(
             [[d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1], d.score] for d in detections],
@@ -377,7 +377,7 @@ def run_wider(
     engine: further AnalyzerConfig fields (threads, runtime, precision)."""
     truth = load_wider_ground_truth(wider_dir, coords)
     analyzer = _analyzer(detect_size, min_confidence, engine or {})
-    predictions, times_ms = wider_detections(analyzer, wider_dir, truth, progress)
+    predictions, times_ms = wider_detections(analyzer.detect, wider_dir, truth, progress)
     faces = {s: int(sum(t.in_setting[s].sum() for t in truth.values())) for s in WIDER_SETTINGS}
     faces["all"] = sum(len(t.boxes) for t in truth.values())
     return WiderReport(

@@ -34,8 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy
@@ -105,19 +103,7 @@ def bench_detector(args: argparse.Namespace, wider_dir: Path) -> None:
 
 def wider_ap(detect: Callable[[Any], list[Any]], wider_dir: Path) -> tuple[dict[str, float], float]:
     truth = accuracy.load_wider_ground_truth(wider_dir)
-    predictions: dict[str, Any] = {}
-    times: list[float] = []
-    for file, item in truth.items():
-        rgb = decode_image((wider_dir / file).read_bytes())
-        start = time.perf_counter()
-        found = detect(rgb)
-        times.append((time.perf_counter() - start) * 1000)
-        pred = np.array(
-            [[d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1], d.score] for d in found],
-            dtype=np.float64,
-        ).reshape(-1, 5)
-        pred[:, :4] *= item.scale
-        predictions[file] = pred
+    predictions, times = accuracy.wider_detections(detect, wider_dir, truth, progress=False)
     return accuracy.wider_ap(predictions, truth), statistics.median(times)
 
 

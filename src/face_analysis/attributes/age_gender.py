@@ -37,7 +37,7 @@ class Calibration:
     age_confidence = sigmoid(age_slope * logit(m) + age_bias), where m is the model's
     probability mass in the reported decade; gender probabilities are the softmax of the
     model's log-probabilities divided by `gender_temperature`. Only confidences change;
-    the age estimate and the gender label do not. Fitted by `benchmarks/fit_calibration.py`.
+    the age estimate and the gender label do not. Fitted by `benchmarks/fit.py`.
     """
 
     age_slope: float = 1.0
@@ -91,8 +91,7 @@ class AgeGenderEstimator:
         """Estimates for each face, given its 5 landmarks in `image` pixels."""
         if not landmarks:
             return []
-        age_probs = self._run(self._age, image, landmarks, _AGE_CHIP)
-        gender_probs = self._run(self._gender, image, landmarks, _GENDER_CHIP)
+        age_probs, gender_probs = self.raw_probabilities(image, landmarks)
         return [self._describe(a, g) for a, g in zip(age_probs, gender_probs, strict=True)]
 
     def raw_probabilities(

@@ -31,6 +31,7 @@ _NMS_IOU = 0.3
 _MULTI_NMS_IOU = 0.4
 _MAX_LANDMARK_FACE = 256.0  # face height, in network-input pixels, above which landmarks drift
 _REFINED_FACE = 160.0
+_MATCH_IOU = 0.5  # a face and its re-read in the smaller look
 _Candidates = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
 
 
@@ -168,15 +169,13 @@ class CenterFace:
 
 def _best_match(face: Detection, candidates: Sequence[Detection]) -> Detection | None:
     """The candidate overlapping `face` most, if by IoU >= 0.5."""
-    best, best_iou = None, 0.5
-    x1, y1, x2, y2 = face.box
-    for other in candidates:
-        ox1, oy1, ox2, oy2 = other.box
-        inter = max(0.0, min(x2, ox2) - max(x1, ox1)) * max(0.0, min(y2, oy2) - max(y1, oy1))
-        union = (x2 - x1) * (y2 - y1) + (ox2 - ox1) * (oy2 - oy1) - inter
-        if union > 0 and inter / union >= best_iou:
-            best, best_iou = other, inter / union
-    return best
+    if not candidates:
+        return None
+    boxes = np.array([face.box, *(other.box for other in candidates)], dtype=np.float32)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    overlaps = _overlaps(boxes, areas, np.intp(0), np.arange(1, len(boxes)))
+    best = int(np.argmax(overlaps))
+    return candidates[best] if overlaps[best] >= _MATCH_IOU else None
 
 
 def _detections(

@@ -24,7 +24,7 @@ import hashlib
 import struct
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -67,12 +67,7 @@ class QueuedJob:
     source_name: str
 
     def fields(self) -> dict[str, str]:
-        return {
-            "job_id": self.job_id,
-            "image_id": self.image_id,
-            "output_name": self.output_name,
-            "source_name": self.source_name,
-        }
+        return asdict(self)
 
     @classmethod
     def from_fields(cls, data: dict[bytes, bytes]) -> QueuedJob:
