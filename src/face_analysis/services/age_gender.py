@@ -16,7 +16,16 @@ from ..errors import AnalysisError, ErrorCode
 from ..imaging import RGBImage
 from ..pipeline import Analyzer
 from ..results import ResultError
-from .common import Metrics, default_stamp, job_id_problem, log, make_analyzer, redis_unavailable, run_server
+from .common import (
+    Metrics,
+    default_stamp,
+    job_id_problem,
+    log,
+    make_analyzer,
+    redis_unavailable,
+    reject_invalid,
+    run_server,
+)
 from .convert import detections_from_proto, error_to_proto, estimates_to_proto
 from .generated import age_gender_pb2, age_gender_pb2_grpc
 from .settings import Settings
@@ -40,10 +49,7 @@ class AgeGenderService(age_gender_pb2_grpc.AgeGenderServicer):
     def Estimate(
         self, request: age_gender_pb2.EstimateRequest, context: grpc.ServicerContext
     ) -> age_gender_pb2.EstimateReply:
-        problem = job_id_problem(request.job_id)
-        if problem is not None:
-            self.metrics.error("INVALID_ARGUMENT")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reject_invalid(context, self.metrics, job_id_problem(request.job_id))
         job_id = request.job_id
         detected = self.store.get_detections(job_id)
         # The pixels the face landmark service decoded, else the image bytes (decoded again).

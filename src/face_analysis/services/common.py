@@ -54,6 +54,7 @@ __all__ = [
     "make_analyzer",
     "name_problem",
     "redis_unavailable",
+    "reject_invalid",
     "relative_path_problem",
     "run_server",
 ]
@@ -76,6 +77,13 @@ def job_id_problem(value: str) -> str | None:
     if not JOB_ID_PATTERN.fullmatch(value):
         return "job_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
     return None
+
+
+def reject_invalid(context: grpc.ServicerContext, metrics: Metrics, problem: str | None) -> None:
+    """End the call with INVALID_ARGUMENT (counted in the metrics) when `problem` names one."""
+    if problem is not None:
+        metrics.error("INVALID_ARGUMENT")
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
 
 def name_problem(value: str, field: str = "name") -> str | None:

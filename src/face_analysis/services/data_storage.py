@@ -30,6 +30,7 @@ from .common import (
     make_analyzer,
     name_problem,
     redis_unavailable,
+    reject_invalid,
     relative_path_problem,
     run_server,
 )
@@ -196,10 +197,7 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
     def GetResult(
         self, request: aggregator_pb2.GetResultRequest, context: grpc.ServicerContext
     ) -> aggregator_pb2.AnalysisResult:
-        problem = job_id_problem(request.job_id)
-        if problem is not None:
-            self.metrics.error("INVALID_ARGUMENT")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reject_invalid(context, self.metrics, job_id_problem(request.job_id))
         text = self.store.get_result(request.job_id)
         if text is None:
             # An API job's result outlives Redis on disk; the id was checked, so this is no path trick.

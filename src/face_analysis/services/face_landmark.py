@@ -16,7 +16,7 @@ import grpc
 from ..errors import AnalysisError, ErrorCode
 from ..pipeline import Analyzer
 from ..results import ResultError
-from .common import Metrics, job_id_problem, log, make_analyzer, redis_unavailable, run_server
+from .common import Metrics, job_id_problem, log, make_analyzer, redis_unavailable, reject_invalid, run_server
 from .convert import detections_to_proto, error_to_proto
 from .generated import landmark_detection_pb2, landmark_detection_pb2_grpc
 from .settings import Settings
@@ -42,10 +42,7 @@ class FaceLandmarkService(landmark_detection_pb2_grpc.FaceLandmarkServicer):
     def Detect(
         self, request: landmark_detection_pb2.DetectRequest, context: grpc.ServicerContext
     ) -> landmark_detection_pb2.DetectReply:
-        problem = job_id_problem(request.job_id)
-        if problem is not None:
-            self.metrics.error("INVALID_ARGUMENT")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reject_invalid(context, self.metrics, job_id_problem(request.job_id))
         job_id = request.job_id
         data = self.store.get_image(job_id)
         if data is None:

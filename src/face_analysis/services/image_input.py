@@ -34,7 +34,7 @@ from ..batch import Job, PlanError, is_up_to_date, plan_jobs
 from ..errors import AnalysisError, ErrorCode
 from ..imaging import DecodeLimits, probe_image, read_image_file
 from ..results import ResultError
-from .common import Metrics, job_id_problem, log, name_problem, redis_unavailable, run_server
+from .common import Metrics, job_id_problem, log, name_problem, redis_unavailable, reject_invalid, run_server
 from .convert import error_to_proto
 from .data_storage import API_RESULTS_FOLDER
 from .generated import (
@@ -516,9 +516,7 @@ class ImageInputService(image_input_pb2_grpc.ImageInputServicer):
                 probe_image(image, self.limits)
             except AnalysisError as exc:
                 problem = f"{exc.code.value}: {exc.message}"
-        if problem is not None:
-            self.metrics.error("INVALID_ARGUMENT")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reject_invalid(context, self.metrics, problem)
 
     @redis_unavailable
     def Submit(
@@ -572,10 +570,7 @@ class ImageInputService(image_input_pb2_grpc.ImageInputServicer):
     def GetResult(
         self, request: aggregator_pb2.GetResultRequest, context: grpc.ServicerContext
     ) -> image_input_pb2.JobStatus:
-        problem = job_id_problem(request.job_id)
-        if problem is not None:
-            self.metrics.error("INVALID_ARGUMENT")
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        reject_invalid(context, self.metrics, job_id_problem(request.job_id))
         try:
             result = self.clients.storage.GetResult(request, timeout=self.settings.rpc_timeout_s)
             return image_input_pb2.JobStatus(
