@@ -15,6 +15,7 @@ process before `openvino` is first imported (its conversion tools then fall back
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -86,11 +87,22 @@ def _import_openvino() -> Any:
     return openvino
 
 
-def create_runner(model: bytes, threads: int, runtime: Runtime = "onnxruntime", bf16: bool = True) -> Runner:
+def create_runner(
+    model: bytes,
+    threads: int,
+    runtime: Runtime = "onnxruntime",
+    bf16: bool = True,
+    static_shapes: bool = False,
+) -> Runner:
     """A callable running `model` (ONNX bytes, one input) on the CPU with `threads` threads.
+
+    Safe to call from several threads at once.
 
     bf16: with OpenVINO, let it compute an fp32 model in bf16 where the CPU has bf16 units
     (AVX-512 BF16 / AMX); elsewhere, and for int8 (QDQ) models, OpenVINO keeps its own choice.
+    static_shapes: with OpenVINO, give each input shape seen again a compile of its own for that
+    fixed shape (CenterFace: ~20% faster than the any-shape compile; ~0.3 s and ~30 MB once per
+    shape, for the first 4 recurring shapes). onnxruntime has no such gain.
 
     Raises:
         ValueError: unknown runtime. ImportError: OpenVINO chosen but the extra is not installed.
@@ -112,23 +124,65 @@ def create_runner(model: bytes, threads: int, runtime: Runtime = "onnxruntime", 
         raise ImportError(
             "the OpenVINO runtime needs the `openvino` extra: pip install 'face-analysis[openvino]'"
         ) from exc
-    core = ov.Core()
-    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    config: dict[str, Any] = {
-        "INFERENCE_NUM_THREADS": max(1, threads),
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": 1,
-        "ENABLE_CPU_PINNING": False,  # several processes share few cores
-    }
-    if bf16 and "BF16" in capabilities:
-        config["INFERENCE_PRECISION_HINT"] = "bf16"
-    else:
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = core.compile_model(core.read_model(model=model, weights=b""), "CPU", config)
-    request = compiled.create_infer_request()
+    return _OpenVinoRunner(ov.Core(), model, threads, bf16, static_shapes)
 
-    def run_ov(blob: NDArray[np.float32]) -> list[NDArray[np.float32]]:
-        result = request.infer({0: blob}, share_inputs=True)
+
+_Shape = tuple[int, ...]
+
+
+class _OpenVinoRunner:
+    """An OpenVINO model compiled for any input shape and, with `static_shapes`, for each of the
+    first few recurring shapes on its own (fixed shapes let OpenVINO pick faster kernels).
+
+    Each fixed-shape compile costs ~0.3 s and ~30 MB (CenterFace at 640 px), so there are at
+    most `_STATIC_MAX` of them and they are never replaced: a mix of many shapes cannot make every
+    call compile.
+    """
+
+    _STATIC_AFTER = 2  # sightings of a shape before it gets its own compile: one-offs never do
+    _STATIC_MAX = 4
+    _SIGHTINGS_MAX = 256
+
+    def __init__(self, core: Any, model: bytes, threads: int, bf16: bool, static_shapes: bool) -> None:
+        bf16 = bf16 and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self._config: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": max(1, threads),
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,  # several processes share few cores
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+        }
+        self._core = core
+        self._model = core.read_model(model=model, weights=b"")
+        self._any_shape = core.compile_model(self._model, "CPU", self._config)
+        self._static_shapes = static_shapes
+        self._static: dict[_Shape, Any] = {}
+        self._sightings: dict[_Shape, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, blob: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+        compiled = self._compiled_for(blob.shape) if self._static_shapes else self._any_shape
+        # A request per call (~0.1 ms): calls from several threads never share one.
+        result = compiled.create_infer_request().infer({0: blob}, share_inputs=True)
         return [np.asarray(result[output]) for output in compiled.outputs]
 
-    return run_ov
+    @property
+    def static_shapes(self) -> list[_Shape]:
+        """The input shapes that have a compile of their own."""
+        return list(self._static)
+
+    def _compiled_for(self, shape: _Shape) -> Any:
+        with self._lock:
+            if shape in self._static:
+                return self._static[shape]
+            if len(self._static) == self._STATIC_MAX:
+                return self._any_shape
+            seen = self._sightings.get(shape, 0) + 1
+            if seen < self._STATIC_AFTER:
+                if len(self._sightings) < self._SIGHTINGS_MAX:
+                    self._sightings[shape] = seen
+                return self._any_shape
+            fixed = self._model.clone()
+            fixed.reshape({fixed.inputs[0].any_name: list(shape)})
+            self._static[shape] = self._core.compile_model(fixed, "CPU", self._config)
+            return self._static[shape]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import pytest
 from numpy.typing import NDArray
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
+from face_analysis.detection import CenterFace
+from face_analysis.detection.centerface import input_blob
 from face_analysis.models import CENTERFACE_INT8, ModelPaths, sha256_of
 from face_analysis.quantize import prepare_fp32, quantize_centerface
 from face_analysis.results import ImageResult
@@ -161,6 +164,34 @@ def test_openvino_finds_the_same_faces(
         # bf16 age/gender (auto/int8 on CPUs with bf16 units) plus another runtime's landmarks
         # move a face's age by a few years at most (UTKFace MAE is unchanged: benchmarks/).
         assert abs(twin.age_years - face.age_years) < 5.0
+
+
+@needs_openvino
+def test_openvino_fixed_shape_compiles_match_and_stay_bounded(
+    model_paths: ModelPaths, astronaut_rgb: NDArray[np.uint8]
+) -> None:
+    assert model_paths.centerface_int8 is not None
+    network: Any = CenterFace(model_paths.centerface_int8, runtime="openvino").network
+    blob = input_blob(astronaut_rgb, 640 / max(astronaut_rgb.shape[:2]))
+    any_shape = network(blob)
+    assert network.static_shapes == []  # a shape seen once keeps the any-shape compile
+    fixed = network(blob)
+    assert network.static_shapes == [blob.shape]
+    for a, b in zip(any_shape, fixed, strict=True):
+        np.testing.assert_allclose(a, b, atol=0.02)
+    # Calls from several threads at once each get their own inference request.
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(network, [blob] * 8))
+    for output in outputs:
+        for a, b in zip(output, fixed, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # However many shapes recur, only the first few get a compile of their own.
+    for long_side in range(320, 640, 64):
+        smaller = input_blob(astronaut_rgb, long_side / max(astronaut_rgb.shape[:2]))
+        network(smaller)
+        network(smaller)
+    assert len(network.static_shapes) == 4
+    assert network.static_shapes[0] == blob.shape
 
 
 @needs_openvino

@@ -23,7 +23,7 @@ from ..models import load_model
 from ..runtime import Runtime, create_runner
 from ._types import Detection
 
-__all__ = ["ACCURATE_PASSES", "CenterFace", "ScalePass", "nms", "weighted_nms"]
+__all__ = ["ACCURATE_PASSES", "CenterFace", "ScalePass", "input_blob", "nms", "weighted_nms"]
 
 _STRIDE = 4
 _ALIGN = 32  # the network downsamples by 32: input sides must be multiples of it
@@ -78,7 +78,8 @@ class CenterFace:
     `passes` (e.g. ACCURATE_PASSES) replaces `detect_size` by several looks at different sizes,
     each keeping the face sizes it is good at, merged by weighted NMS. `model_path` may be the
     fp32 or the int8 model; `runtime` runs it with onnxruntime or OpenVINO (`bf16`: let OpenVINO
-    compute an fp32 model in bf16 where the CPU supports it).
+    compute an fp32 model in bf16 where the CPU supports it). `network` runs the model alone on
+    an `input_blob`.
     """
 
     name = "centerface"
@@ -94,8 +95,12 @@ class CenterFace:
     ) -> None:
         self.detect_size = detect_size
         self.passes = tuple(passes)
-        self._run = create_runner(
-            with_dynamic_size(load_model(model_path)).SerializeToString(), threads, runtime, bf16=bf16
+        self.network = create_runner(
+            with_dynamic_size(load_model(model_path)).SerializeToString(),
+            threads,
+            runtime,
+            bf16=bf16,
+            static_shapes=True,  # photos come in a few shapes: a batch repeats them
         )
 
     def detect(self, image: RGBImage, min_confidence: float) -> list[Detection]:
@@ -149,14 +154,7 @@ class CenterFace:
 
     def _candidates(self, image: RGBImage, scale: float, min_confidence: float) -> _Candidates:
         """Every heatmap cell above `min_confidence` (no NMS), in the image's pixels."""
-        height, width = image.shape[:2]
-        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        pad_h, pad_w = -new_h % _ALIGN, -new_w % _ALIGN
-        blob = np.zeros((1, 3, new_h + pad_h, new_w + pad_w), dtype=np.float32)
-        blob[0, :, :new_h, :new_w] = resized.transpose(2, 0, 1)
-        heatmap, log_size, offset, points = self._run(blob)
+        heatmap, log_size, offset, points = self.network(input_blob(image, scale))
         boxes, scores, landmarks = _decode(heatmap[0, 0], log_size[0], offset[0], points[0], min_confidence)
         return boxes / np.float32(scale), scores, landmarks / np.float32(scale)
 
@@ -165,6 +163,18 @@ class CenterFace:
         keep = nms(boxes, scores, _NMS_IOU)
         height, width = image.shape[:2]
         return _detections(boxes[keep], scores[keep], landmarks[keep], width, height)
+
+
+def input_blob(image: RGBImage, scale: float) -> NDArray[np.float32]:
+    """The network's input for `image` resized by `scale`: 1 x 3 x H x W, padded to multiples of 32."""
+    height, width = image.shape[:2]
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = image if scale == 1.0 else cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    pad_h, pad_w = -new_h % _ALIGN, -new_w % _ALIGN
+    blob = np.zeros((1, 3, new_h + pad_h, new_w + pad_w), dtype=np.float32)
+    blob[0, :, :new_h, :new_w] = resized.transpose(2, 0, 1)
+    return blob
 
 
 def _best_match(face: Detection, candidates: Sequence[Detection]) -> Detection | None:
