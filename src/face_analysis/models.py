@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelError
@@ -34,11 +35,12 @@ from onnx import numpy_helper
 ort.disable_telemetry_events()
 
 __all__ = [
-    "CENTERFACE_INT8",
+    "INT8_MODELS",
     "MODELS",
     "MODEL_DIR_ENV",
     "ModelPaths",
     "ModelSpec",
+    "build_int8_models",
     "create_session",
     "default_model_dir",
     "denormal_mask",
@@ -87,17 +89,33 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-# The int8 CenterFace is not downloaded: `face-analysis models quantize` builds it from the fp32 file
-# (face_analysis.quantize; deterministic, calibrated only on tests/data/astronaut.jpg). The checksum
-# is that of a build with onnxruntime 1.32 / onnx 1.23; another toolchain may produce other bytes,
-# and then the build is refused and the fp32 model is used.
-CENTERFACE_INT8 = ModelSpec(
-    filename="centerface-int8.onnx",
-    wheel="",
-    member="",
-    sha256="85b9ccb0c675b34fa399c1e8e8a925d9f4c051fc4030b22728eb245a5c003fb6",
-    licence="MIT",
-)
+# The int8 models are not downloaded: `face-analysis models quantize` builds them from the fp32
+# files (face_analysis.quantize; deterministic, calibrated only on tests/data/astronaut.jpg). The
+# checksums are those of builds with onnxruntime 1.32 / onnx 1.23; another toolchain may produce
+# other bytes, and then the build is refused and the fp32 model is used.
+INT8_MODELS: dict[str, ModelSpec] = {
+    "centerface": ModelSpec(
+        filename="centerface-int8.onnx",
+        wheel="",
+        member="",
+        sha256="85b9ccb0c675b34fa399c1e8e8a925d9f4c051fc4030b22728eb245a5c003fb6",
+        licence="MIT",
+    ),
+    "age": ModelSpec(
+        filename="age-int8.onnx",
+        wheel="",
+        member="",
+        sha256="352765d54caeb12f86662960445cdac1294f403e7e67eaed63b3cde9adc51e4f",
+        licence="CC0-1.0",
+    ),
+    "gender": ModelSpec(
+        filename="gender-int8.onnx",
+        wheel="",
+        member="",
+        sha256="9319f56f2d6d1b8caaebfc5dda20996d2b47a329b619c84bde23e0de3ce90bab",
+        licence="CC0-1.0",
+    ),
+}
 
 
 def default_model_dir() -> Path:
@@ -118,19 +136,22 @@ def sha256_of(path: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ModelPaths:
-    """Verified paths of the three model files, and of the int8 CenterFace if it is built."""
+    """Verified paths of the three model files, and of those int8 models that are built."""
 
     centerface: Path
     age: Path
     gender: Path
-    centerface_int8: Path | None = None
+    int8: Mapping[str, Path] = field(default_factory=dict)  # name (as in INT8_MODELS) -> path
 
     @classmethod
     def resolve(cls, model_dir: Path | None = None) -> ModelPaths:
         """Find every model in `model_dir` (default: :func:`default_model_dir`) and verify it.
 
+        An int8 model that is missing or does not verify is left out of `int8`.
+
         Raises:
-            ModelError: a file is missing or its checksum is wrong; the message says how to fix it.
+            ModelError: an fp32 file is missing or its checksum is wrong; the message says how
+                to fix it.
         """
         folder = model_dir or default_model_dir()
         found: dict[str, Path] = {}
@@ -141,19 +162,24 @@ class ModelPaths:
             if sha256_of(path) != spec.sha256:
                 raise ModelError(f"model file {path} is corrupt (sha256 mismatch): delete it and {FIX_HINT}")
             found[name] = path
-        int8 = folder / CENTERFACE_INT8.filename
-        verified = int8.is_file() and sha256_of(int8) == CENTERFACE_INT8.sha256
-        return cls(**found, centerface_int8=int8 if verified else None)
+        int8 = {
+            name: folder / spec.filename
+            for name, spec in INT8_MODELS.items()
+            if (folder / spec.filename).is_file() and sha256_of(folder / spec.filename) == spec.sha256
+        }
+        return cls(**found, int8=int8)
 
-    def require_int8(self) -> Path:
-        """The verified int8 CenterFace; raises `ModelError` naming the fix when it is not built."""
-        if self.centerface_int8 is None:
-            path = self.centerface.parent / CENTERFACE_INT8.filename
+    def require_int8(self, names: Iterable[str]) -> dict[str, Path]:
+        """The verified int8 models `names`; raises `ModelError` naming the fix when one is not built."""
+        missing = [
+            self.centerface.parent / INT8_MODELS[name].filename for name in names if name not in self.int8
+        ]
+        if missing:
             raise ModelError(
-                f"the int8 detector {path} is not built or does not verify: run "
+                f"the int8 model {', '.join(map(str, missing))} is not built or does not verify: run "
                 "`face-analysis models quantize`, or use another --precision"
             )
-        return self.centerface_int8
+        return {name: self.int8[name] for name in names}
 
 
 def fetch_models(model_dir: Path | None = None) -> Path:
@@ -193,33 +219,44 @@ def fetch_models(model_dir: Path | None = None) -> Path:
     return folder
 
 
-def build_int8_centerface(model_dir: Path | None = None) -> Path:
-    """Build `centerface-int8.onnx` from the verified fp32 model (a no-op if already built).
+def build_int8_models(model_dir: Path | None = None) -> list[Path]:
+    """Build the int8 models (`INT8_MODELS`) from the verified fp32 ones; those already built are
+    kept. Returns their paths.
 
     Raises:
-        ModelError: the fp32 model is missing, or the build's sha256 is not the pinned one
-            (another onnxruntime/onnx version); nothing is installed then.
+        ModelError: an fp32 model is missing, or a build's sha256 is not the pinned one (another
+            onnxruntime/onnx version); that model is not installed then.
     """
-    from .quantize import quantize_centerface
+    from .quantize import quantize_centerface, quantize_classifier
 
     paths = ModelPaths.resolve(model_dir)
-    target = paths.centerface.parent / CENTERFACE_INT8.filename
-    if paths.centerface_int8 is not None:
-        return target
+    builders: dict[str, Callable[[Path], Path]] = {
+        "centerface": lambda out: quantize_centerface(paths.centerface, out),
+        "age": lambda out: quantize_classifier(paths.age, out, chip_size=64),
+        "gender": lambda out: quantize_classifier(paths.gender, out, chip_size=32),
+    }
+    built: list[Path] = []
+    for name, spec in INT8_MODELS.items():
+        target = paths.centerface.parent / spec.filename
+        if name not in paths.int8:
+            _install_build(builders[name], spec, target)
+        built.append(target)
+    return built
+
+
+def _install_build(build: Callable[[Path], Path], spec: ModelSpec, target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="face-analysis-int8-") as tmp:
-        built = quantize_centerface(paths.centerface, Path(tmp) / CENTERFACE_INT8.filename)
-        digest = sha256_of(built)
-        if digest != CENTERFACE_INT8.sha256:
+        made = build(Path(tmp) / spec.filename)
+        digest = sha256_of(made)
+        if digest != spec.sha256:
             raise ModelError(
-                f"the int8 CenterFace built here has sha256 {digest}, not the pinned "
-                f"{CENTERFACE_INT8.sha256} (onnxruntime {ort.__version__}; the pin is for the "
-                "`quantize` extra's versions: pip install 'face-analysis[quantize]'): not installed, "
-                "the fp32 model stays in use"
+                f"{spec.filename} built here has sha256 {digest}, not the pinned {spec.sha256} "
+                f"(onnxruntime {ort.__version__}; the pins are for the `quantize` extra's versions: "
+                "pip install 'face-analysis[quantize]'): not installed, the fp32 model stays in use"
             )
         partial = target.with_suffix(".part")
-        partial.write_bytes(built.read_bytes())
+        partial.write_bytes(made.read_bytes())
         partial.replace(target)
-    return target
 
 
 def load_model(path: Path) -> onnx.ModelProto:

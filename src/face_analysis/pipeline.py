@@ -31,7 +31,7 @@ from .detection import (
 )
 from .errors import AnalysisError, ErrorCode
 from .imaging import DecodeLimits, RGBImage, decode_image, read_image_file
-from .models import CENTERFACE_INT8, MODELS, ModelPaths
+from .models import INT8_MODELS, MODELS, ModelPaths
 from .results import LANDMARK_NAMES, Face, ImageResult, ResultError
 from .runtime import RUNTIMES, Runtime, cpu_has_int8_dot_product
 
@@ -61,14 +61,14 @@ class AnalyzerConfig:
         hard AP 0.737 instead of 0.443, at ~30x the detection time of fast; `detect_size` does
         not apply).
     runtime: "onnxruntime" or "openvino" (the `openvino` extra) runs the models.
-    precision: "auto" (default): the fast preset's detector is the int8 CenterFace when it is
-        built and verified (`face-analysis models quantize`), `detect_size` is at most 640 and
-        the CPU has int8 dot-product units (VNNI, AMX, Arm dotprod), where it keeps WIDER AP
-        within 0.005 of fp32 at 1.4-1.9x the speed (UTKFace age MAE 6.04 y instead of 5.87);
-        larger sizes keep fp32 (at 1024 int8 loses 0.010 AP). With OpenVINO the fp32
-        models (age, gender, an fp32 detector) compute in bf16 on CPUs with bf16 units.
-        "fp32": the original models in fp32 everywhere. "int8": as auto, but the int8
-        detector on any CPU, and an error when it is not built.
+    precision: "auto" (default): on a CPU with int8 dot-product units (VNNI, AMX, Arm
+        dotprod), the int8 models that are built and verified (`face-analysis models
+        quantize`): age and gender (~2x faster, UTKFace figures unchanged) and, in the fast
+        preset with `detect_size` at most 640, CenterFace (WIDER AP within 0.005 of fp32 at
+        1.4-1.9x the speed; UTKFace age MAE 6.0 y instead of 5.9; at 1024 int8 loses 0.010
+        AP, so larger sizes keep fp32). With OpenVINO the fp32 models compute in bf16 on CPUs
+        with bf16 units. "fp32": the original models in fp32 everywhere. "int8": every int8
+        model on any CPU, and an error when one is not built.
     """
 
     detect_size: int | None = 640
@@ -113,12 +113,12 @@ class Analyzer:
         self.config = config or AnalyzerConfig()
         paths = ModelPaths.resolve(self.config.model_dir)
         bf16 = self.config.precision != "fp32"
-        int8 = paths.require_int8() if detector is None and _uses_int8(self.config, paths) else None
+        int8 = _int8_models(self.config, paths, own_detector=detector is None)
         self.detector: FaceDetector = detector or (
             RoboflowDetector(self.config.roboflow)
             if self.config.detector == "roboflow"
             else CenterFace(
-                int8 or paths.centerface,
+                int8.get("centerface", paths.centerface),
                 self.config.detect_size,
                 self.config.threads,
                 runtime=self.config.runtime,
@@ -127,11 +127,16 @@ class Analyzer:
             )
         )
         self.estimator = AgeGenderEstimator(
-            paths.age, paths.gender, self.config.threads, runtime=self.config.runtime, bf16=bf16
+            int8.get("age", paths.age),
+            int8.get("gender", paths.gender),
+            self.config.threads,
+            runtime=self.config.runtime,
+            bf16=bf16,
         )
-        self._models = {name: f"{spec.filename}@{spec.sha256[:12]}" for name, spec in MODELS.items()}
-        if int8 is not None:
-            self._models["centerface"] = f"{CENTERFACE_INT8.filename}@{CENTERFACE_INT8.sha256[:12]}"
+        self._models = {
+            name: f"{spec.filename}@{spec.sha256[:12]}"
+            for name, spec in ({**MODELS, **{n: INT8_MODELS[n] for n in int8}}).items()
+        }
         self._models["detector"] = self.detector.name
         self._settings: dict[str, Any] = {
             "detect_size": self.config.detect_size,
@@ -153,9 +158,7 @@ class Analyzer:
     @staticmethod
     def check_models(config: AnalyzerConfig) -> None:
         """Raise `ModelError` now if a model file `config` needs is missing or corrupt."""
-        paths = ModelPaths.resolve(config.model_dir)
-        if _uses_int8(config, paths):
-            paths.require_int8()
+        _int8_models(config, ModelPaths.resolve(config.model_dir), own_detector=True)
 
     def analyze(self, source: ImageSource, image_id: str | None = None) -> ImageResult:
         """Analyse one image given as a path, encoded bytes or an RGB uint8 array (H x W x 3)."""
@@ -244,21 +247,25 @@ class Analyzer:
         )
 
 
-def _uses_int8(config: AnalyzerConfig, paths: ModelPaths) -> bool:
-    """The int8 CenterFace serves only the fast preset: it costs the accurate one's small faces
-    ~0.03 WIDER hard AP. `auto` takes it where it was measured to keep fp32's accuracy: built,
-    a CPU with int8 dot products, and detection at up to 640 px (at 1024 it loses 0.010 AP)."""
-    if config.preset != "fast" or config.detector != "centerface":
-        return False
+def _int8_models(config: AnalyzerConfig, paths: ModelPaths, own_detector: bool) -> dict[str, Path]:
+    """The int8 models `config` runs, by name; raises `ModelError` for `int8` when one is missing.
+
+    `auto` takes each where it was measured to keep fp32's accuracy: built and verified, on a CPU
+    with int8 dot products; for CenterFace also only in the fast preset (the accurate one's small
+    faces lose ~0.03 WIDER hard AP) at up to 640 px (at 1024 it loses 0.010 AP).
+    """
+    if config.precision == "fp32":
+        return {}
+    names = ["age", "gender"]
+    if own_detector and config.detector == "centerface" and config.preset == "fast":
+        detect_size_ok = config.detect_size is not None and config.detect_size <= _INT8_AUTO_MAX_SIZE
+        if config.precision == "int8" or detect_size_ok:
+            names.insert(0, "centerface")
     if config.precision == "int8":
-        return True
-    return (
-        config.precision == "auto"
-        and config.detect_size is not None
-        and config.detect_size <= _INT8_AUTO_MAX_SIZE
-        and paths.centerface_int8 is not None
-        and cpu_has_int8_dot_product()
-    )
+        return paths.require_int8(names)
+    if not cpu_has_int8_dot_product():
+        return {}
+    return {name: paths.int8[name] for name in names if name in paths.int8}
 
 
 def faces_of(detections: Sequence[Detection], estimates: Sequence[AgeGender]) -> tuple[Face, ...]:

@@ -19,10 +19,11 @@ import pytest
 from numpy.typing import NDArray
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
+from face_analysis.attributes import AgeGenderEstimator
 from face_analysis.detection import CenterFace
 from face_analysis.detection.centerface import input_blob
-from face_analysis.models import CENTERFACE_INT8, ModelPaths, sha256_of
-from face_analysis.quantize import prepare_fp32, quantize_centerface
+from face_analysis.models import INT8_MODELS, MODELS, ModelPaths, sha256_of
+from face_analysis.quantize import prepare_classifier, prepare_fp32, quantize_centerface, quantize_classifier
 from face_analysis.results import ImageResult
 from face_analysis.runtime import cpu_has_int8_dot_product, openvino_available
 
@@ -47,8 +48,9 @@ def _same_faces(a: ImageResult, b: ImageResult, iou: Iou, min_iou: float = 0.8) 
 
 @pytest.fixture(scope="module")
 def int8_paths(model_paths: ModelPaths) -> ModelPaths:
-    if model_paths.centerface_int8 is None:
-        pytest.fail("centerface-int8.onnx is not built: run `face-analysis models quantize`", pytrace=False)
+    missing = [spec.filename for name, spec in INT8_MODELS.items() if name not in model_paths.int8]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not built: run `face-analysis models quantize`", pytrace=False)
     return model_paths
 
 
@@ -86,35 +88,59 @@ def test_int8_build_is_deterministic(model_paths: ModelPaths, tmp_path: Path) ->
     assert 0 in axes  # per-channel weights (axis 0 of the Conv kernels)
 
 
-def test_installed_int8_is_the_pinned_build_and_used_by_default_where_it_keeps_accuracy(
+def test_classifier_int8_build_is_deterministic_and_keeps_the_head_fp32(
+    model_paths: ModelPaths, tmp_path: Path
+) -> None:
+    first = quantize_classifier(model_paths.gender, tmp_path / "a.onnx", chip_size=32, samples=32)
+    second = quantize_classifier(model_paths.gender, tmp_path / "b.onnx", chip_size=32, samples=32)
+    assert first.read_bytes() == second.read_bytes()
+    model = onnx.load(str(first))
+    producer = {out: node for node in model.graph.node for out in node.output}
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert convs and all(producer[node.input[1]].op_type == "DequantizeLinear" for node in convs)
+    for node in model.graph.node:  # after the last convolution nothing is quantised
+        if node.op_type in ("Gemm", "Softmax"):
+            assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer)
+    # The dlib affine layers are folded into the convolutions before quantising.
+    assert "Add" not in {n.op_type for n in prepare_classifier(model_paths.gender).graph.node}
+
+
+def test_installed_int8_models_are_the_pinned_builds_and_used_by_default_where_they_keep_accuracy(
     int8_paths: ModelPaths, int8_analyzer: Analyzer
 ) -> None:
-    assert int8_paths.centerface_int8 is not None
-    assert sha256_of(int8_paths.centerface_int8) == CENTERFACE_INT8.sha256
-    assert int8_analyzer._models["centerface"].startswith(CENTERFACE_INT8.filename)
+    for name, spec in INT8_MODELS.items():
+        assert sha256_of(int8_paths.int8[name]) == spec.sha256
+        assert int8_analyzer._models[name].startswith(spec.filename)
     folder = int8_paths.centerface.parent
     default = Analyzer(AnalyzerConfig(threads=1, model_dir=folder))
-    expected = CENTERFACE_INT8.filename if cpu_has_int8_dot_product() else "centerface.onnx"
-    assert default._models["centerface"].startswith(expected)
+    for name in INT8_MODELS:
+        expected = INT8_MODELS[name] if cpu_has_int8_dot_product() else MODELS[name]
+        assert default._models[name].startswith(expected.filename)
     for config in (
         AnalyzerConfig(threads=1, model_dir=folder, precision="fp32"),
         AnalyzerConfig(threads=1, model_dir=folder, preset="accurate"),
         AnalyzerConfig(threads=1, model_dir=folder, detect_size=1024),
     ):
         assert Analyzer(config)._models["centerface"].startswith("centerface.onnx")
+    fp32 = Analyzer(AnalyzerConfig(threads=1, model_dir=folder, precision="fp32"))
+    assert [fp32._models[name] for name in ("age", "gender")] == [
+        f"{MODELS[name].filename}@{MODELS[name].sha256[:12]}" for name in ("age", "gender")
+    ]
 
 
 def test_corrupt_int8_is_refused_with_the_fix(model_paths: ModelPaths, tmp_path: Path) -> None:
     for spec_file in ("centerface.onnx", "age-v1.onnx", "gender-v1.onnx"):
         (tmp_path / spec_file).symlink_to(model_paths.centerface.parent / spec_file)
-    (tmp_path / CENTERFACE_INT8.filename).write_bytes(b"not a model")
-    assert ModelPaths.resolve(tmp_path).centerface_int8 is None
+    (tmp_path / INT8_MODELS["centerface"].filename).write_bytes(b"not a model")
+    (tmp_path / INT8_MODELS["age"].filename).symlink_to(model_paths.int8["age"])
+    assert set(ModelPaths.resolve(tmp_path).int8) == {"age"}
     with pytest.raises(ModelError, match="face-analysis models quantize"):
         Analyzer(AnalyzerConfig(threads=1, model_dir=tmp_path, precision="int8"))
-    # The default precision never needs it.
-    assert (
-        Analyzer(AnalyzerConfig(threads=1, model_dir=tmp_path))._models["centerface"].startswith("centerface")
-    )
+    # The default precision never needs them: it takes those that verify.
+    default = Analyzer(AnalyzerConfig(threads=1, model_dir=tmp_path))._models
+    assert default["centerface"].startswith("centerface.onnx")
+    assert default["gender"].startswith("gender-v1.onnx")
+    assert default["age"].startswith("age-int8.onnx" if cpu_has_int8_dot_product() else "age-v1.onnx")
 
 
 def test_int8_and_fp32_find_the_same_faces(
@@ -132,6 +158,24 @@ def test_int8_and_fp32_find_the_same_faces(
     group = int8_analyzer.analyze(group_image.path)
     _same_faces(group, fp32_analyzer.analyze(group_image.path), box_iou)
     assert len(group.faces) == len(group_image.boxes)
+
+
+def test_int8_age_and_gender_agree_with_fp32_on_the_same_faces(
+    int8_paths: ModelPaths, fp32_analyzer: Analyzer, group_image: GroupImage
+) -> None:
+    image = fp32_analyzer.load(group_image.path)
+    detections = fp32_analyzer.detect(image)
+    assert len(detections) == len(group_image.boxes)
+    int8 = AgeGenderEstimator(int8_paths.int8["age"], int8_paths.int8["gender"], threads=2)
+    for fp32_face, int8_face in zip(
+        fp32_analyzer.estimate(image, detections),
+        int8.estimate(image, [d.landmarks for d in detections if d.landmarks is not None]),
+        strict=True,
+    ):
+        assert int8_face.gender == fp32_face.gender
+        assert abs(int8_face.age_years - fp32_face.age_years) < 2.5
+        assert abs(int8_face.age_confidence - fp32_face.age_confidence) < 0.15
+        assert abs(int8_face.gender_confidence - fp32_face.gender_confidence) < 0.1
 
 
 @needs_openvino
@@ -170,8 +214,7 @@ def test_openvino_finds_the_same_faces(
 def test_openvino_fixed_shape_compiles_match_and_stay_bounded(
     model_paths: ModelPaths, astronaut_rgb: NDArray[np.uint8]
 ) -> None:
-    assert model_paths.centerface_int8 is not None
-    network: Any = CenterFace(model_paths.centerface_int8, runtime="openvino").network
+    network: Any = CenterFace(model_paths.int8["centerface"], runtime="openvino").network
     blob = input_blob(astronaut_rgb, 640 / max(astronaut_rgb.shape[:2]))
     any_shape = network(blob)
     assert network.static_shapes == []  # a shape seen once keeps the any-shape compile

@@ -51,7 +51,7 @@ _HELP = {
     "detector": "`centerface` (local) or `roboflow` (hosted; set the CLI's `ROBOFLOW_*` variables)",
     "preset": "`fast` or `accurate` (crowds), as `face-analysis analyze --preset` (the same variable)",
     "runtime": "`onnxruntime` or `openvino` runs the models, as `--runtime` (the same variable)",
-    "precision": "`auto` (int8 detector, bf16 where the CPU keeps accuracy), `fp32` or `int8`: `--precision`",
+    "precision": "`auto` (int8 models, bf16 where the CPU keeps accuracy), `fp32` or `int8`: `--precision`",
     "detect_size": "long side, in pixels, the detector sees each image at",
     "min_confidence": "detections scoring below this are dropped",
     "log_level": "DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr",
