@@ -112,7 +112,7 @@ INT8_MODELS: dict[str, ModelSpec] = {
         filename="gender-int8.onnx",
         wheel="",
         member="",
-        sha256="9319f56f2d6d1b8caaebfc5dda20996d2b47a329b619c84bde23e0de3ce90bab",
+        sha256="f684d7701d378cf9a53117315428b4a0edd16f0161fd02a6c0de87f004e8a741",
         licence="CC0-1.0",
     ),
 }
@@ -232,8 +232,8 @@ def build_int8_models(model_dir: Path | None = None) -> list[Path]:
     paths = ModelPaths.resolve(model_dir)
     builders: dict[str, Callable[[Path], Path]] = {
         "centerface": lambda out: quantize_centerface(paths.centerface, out),
-        "age": lambda out: quantize_classifier(paths.age, out, chip_size=64),
-        "gender": lambda out: quantize_classifier(paths.gender, out, chip_size=32),
+        "age": lambda out: quantize_classifier(paths.age, out, "age"),
+        "gender": lambda out: quantize_classifier(paths.gender, out, "gender"),
     }
     built: list[Path] = []
     for name, spec in INT8_MODELS.items():

@@ -12,7 +12,7 @@ last convolution. The results' sha256 are pinned in `face_analysis.models.INT8_M
 Usage::
 
     quantize_centerface(fp32_path, out_path)              # ~1 min on one core
-    quantize_classifier(age_path, out_path, chip_size=64)  # ~10 s
+    quantize_classifier(age_path, out_path, "age")    # a few seconds
     # or: face-analysis models quantize
 """
 
@@ -26,6 +26,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -33,7 +34,7 @@ import onnx
 from numpy.typing import NDArray
 from onnx import version_converter
 
-from .attributes.age_gender import chip_blob
+from .attributes.age_gender import AGE_CHIP, chip_blob, halve
 from .attributes.alignment import extract_chip
 from .detection.centerface import with_dynamic_size
 from .models import load_model
@@ -239,7 +240,7 @@ def calibration_images(
 def calibration_chips(
     photo: NDArray[np.uint8],
     landmarks: NDArray[np.float64] = _ASTRONAUT_LANDMARKS,
-    size: int = 64,
+    size: int = AGE_CHIP,
     samples: int = CHIP_SAMPLES,
 ) -> Iterator[NDArray[np.uint8]]:
     """`samples` deterministic size x size face chips of `photo` (RGB), whose face has the 5
@@ -305,26 +306,29 @@ def quantize_centerface(
     return _quantize(model, output, blobs, _CHUNK, ranges, exclude=_head_nodes(model))
 
 
-def quantize_classifier(fp32_path: Path, output: Path, chip_size: int, samples: int = CHIP_SAMPLES) -> Path:
-    """Write the int8 (QDQ, per-channel weights) age or gender model to `output`; returns it.
+def quantize_classifier(
+    fp32_path: Path, output: Path, model: Literal["age", "gender"], samples: int = CHIP_SAMPLES
+) -> Path:
+    """Write the int8 (QDQ, per-channel weights) age or gender `model` to `output`; returns it.
 
     Calibration: `samples` face chips of the repository's astronaut (`calibration_chips`), fed
-    as the estimator feeds them (each chip also mirrored), Percentile 99.99. Everything after
-    the last convolution (pooling, the fully connected layers, softmax) stays fp32: quantising
-    the class scores flattens the probabilities (UTKFace dev age_confidence ECE 0.058 instead
-    of 0.022).
+    as the estimator feeds them (gender: the age chips halved; each chip also mirrored),
+    Percentile 99.99. Everything after the last convolution (pooling, the fully connected
+    layers, softmax) stays fp32: quantising the class scores flattens the probabilities
+    (UTKFace dev age_confidence ECE 0.058 instead of 0.022).
     """
-    chips = calibration_chips(_read_photo(None), _ASTRONAUT_LANDMARKS, chip_size, samples)
-    model = prepare_classifier(fp32_path)
-    last_conv = max(i for i, node in enumerate(model.graph.node) if node.op_type == "Conv")
-    head = [node.name for node in model.graph.node[last_conv + 1 :]]
+    chips = calibration_chips(_read_photo(None), _ASTRONAUT_LANDMARKS, AGE_CHIP, samples)
+    graph = prepare_classifier(fp32_path)
+    last_conv = max(i for i, node in enumerate(graph.graph.node) if node.op_type == "Conv")
+    head = [node.name for node in graph.graph.node[last_conv + 1 :]]
     ranges = {"percentile": _CHIP_PERCENTILE, "symmetric": False}
-    return _quantize(model, output, _chip_blobs(chips), 1, ranges, exclude=head)
+    return _quantize(graph, output, _chip_blobs(chips, halved=model == "gender"), 1, ranges, exclude=head)
 
 
-def _chip_blobs(chips: Iterator[NDArray[np.uint8]]) -> Iterator[NDArray[np.float32]]:
+def _chip_blobs(chips: Iterator[NDArray[np.uint8]], halved: bool) -> Iterator[NDArray[np.float32]]:
     while batch := list(itertools.islice(chips, _CHIPS_PER_BATCH)):
-        yield chip_blob(np.stack(batch))
+        stack = np.stack(batch)
+        yield chip_blob(halve(stack) if halved else stack)
 
 
 def _read_photo(photo_path: Path | None) -> NDArray[np.uint8]:

@@ -91,8 +91,8 @@ def test_int8_build_is_deterministic(model_paths: ModelPaths, tmp_path: Path) ->
 def test_classifier_int8_build_is_deterministic_and_keeps_the_head_fp32(
     model_paths: ModelPaths, tmp_path: Path
 ) -> None:
-    first = quantize_classifier(model_paths.gender, tmp_path / "a.onnx", chip_size=32, samples=32)
-    second = quantize_classifier(model_paths.gender, tmp_path / "b.onnx", chip_size=32, samples=32)
+    first = quantize_classifier(model_paths.gender, tmp_path / "a.onnx", "gender", samples=32)
+    second = quantize_classifier(model_paths.gender, tmp_path / "b.onnx", "gender", samples=32)
     assert first.read_bytes() == second.read_bytes()
     model = onnx.load(str(first))
     producer = {out: node for node in model.graph.node for out in node.output}

@@ -106,19 +106,8 @@ class AgeGenderEstimator:
         self, image: RGBImage, landmarks: Sequence[NDArray[np.floating]]
     ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Uncalibrated age (N x 81) and gender (N x 2, female/male) probabilities."""
-        return (
-            self._run(self._age, image, landmarks, AGE_CHIP),
-            self._run(self._gender, image, landmarks, GENDER_CHIP),
-        )
-
-    @staticmethod
-    def _run(
-        run: Runner, image: RGBImage, landmarks: Sequence[NDArray[np.floating]], size: int
-    ) -> NDArray[np.float32]:
-        chips = np.stack([extract_chip(image, points, size) for points in landmarks])
-        count = len(chips)
-        (probs,) = run(chip_blob(chips))
-        return np.asarray((probs[:count] + probs[count:]) / 2, dtype=np.float32)
+        age_chips = np.stack([extract_chip(image, points, AGE_CHIP) for points in landmarks])
+        return _mean_with_mirror(self._age, age_chips), _mean_with_mirror(self._gender, halve(age_chips))
 
     def _describe(self, age_probs: NDArray[np.float32], gender_probs: NDArray[np.float32]) -> AgeGender:
         cal = self.calibration
@@ -137,6 +126,20 @@ class AgeGenderEstimator:
             gender="Male" if is_male else "Female",
             gender_confidence=float(tempered[1] if is_male else tempered[0]),
         )
+
+
+def halve(chips: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """N x S x S x 3 chips at half the size, each pixel the mean of 2 x 2: the gender chip
+    from the age chip (same face, same alignment), without a second warp of the image."""
+    count, size = len(chips), chips.shape[1]
+    blocks = chips.reshape(count, size // 2, 2, size // 2, 2, 3).astype(np.uint16).sum(axis=(2, 4))
+    return np.asarray((blocks + 2) // 4, dtype=np.uint8)
+
+
+def _mean_with_mirror(run: Runner, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
+    count = len(chips)
+    (probs,) = run(chip_blob(chips))
+    return np.asarray((probs[:count] + probs[count:]) / 2, dtype=np.float32)
 
 
 def chip_blob(chips: NDArray[np.uint8]) -> NDArray[np.float32]:
