@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from face_analysis.attributes.age_gender import halve
 from face_analysis.attributes.alignment import CHIP_TEMPLATE, extract_chip, similarity_transform
 
 CHIP = 64
@@ -87,3 +88,13 @@ def test_chip_of_a_shifted_face_moves_with_it() -> None:
     chip = extract_chip(image, points + np.array([12.0, 0.0]), CHIP)
     found = spot_centres(chip, CHIP_TEMPLATE * CHIP - [12 * CHIP / 120, 0], radius=4)
     assert np.abs(found - CHIP_TEMPLATE * CHIP).max() > 4
+
+
+def test_halved_chips_are_the_2x2_means(astronaut_rgb: NDArray[np.uint8]) -> None:
+    chips = np.stack([astronaut_rgb[:64, :64], astronaut_rgb[100:164, 200:264]])
+    halved = halve(chips)
+    assert halved.shape == (2, 32, 32, 3) and halved.dtype == np.uint8
+    for chip, half in zip(chips, halved, strict=True):
+        area = cv2.resize(chip, (32, 32), interpolation=cv2.INTER_AREA)
+        assert np.abs(half.astype(int) - area.astype(int)).max() <= 1
+    assert halve(np.full((1, 4, 4, 3), 7, np.uint8)).tolist() == np.full((1, 2, 2, 3), 7).tolist()

@@ -23,16 +23,16 @@ from .alignment import extract_chip
 
 __all__ = [
     "AGE_CHIP",
-    "GENDER_CHIP",
     "AgeGender",
     "AgeGenderEstimator",
     "Calibration",
     "age_range_of",
     "chip_blob",
+    "halve",
 ]
 
 _MEAN = np.array([122.781998, 117.000999, 104.297997], dtype=np.float32)
-AGE_CHIP, GENDER_CHIP = 64, 32  # the models' input sizes
+AGE_CHIP = 64  # the age model's input size; the gender model takes these chips halved (32)
 # Expected value of the 81 age classes: class 0 counts as 0.25 years (the model's manifest).
 _AGE_WEIGHTS = np.array([0.25, *range(1, 81)], dtype=np.float32)
 _DECADE = 10
