@@ -112,7 +112,7 @@ INT8_MODELS: dict[str, ModelSpec] = {
         filename="gender-int8.onnx",
         wheel="",
         member="",
-        sha256="f684d7701d378cf9a53117315428b4a0edd16f0161fd02a6c0de87f004e8a741",
+        sha256="2fb5d94591b552642057ac36628e65888cbc467b8aba01c62f5313cd6df01f6b",
         licence="CC0-1.0",
     ),
 }

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -129,11 +130,17 @@ class AgeGenderEstimator:
 
 
 def halve(chips: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """N x S x S x 3 chips at half the size, each pixel the mean of 2 x 2: the gender chip
-    from the age chip (same face, same alignment), without a second warp of the image."""
-    count, size = len(chips), chips.shape[1]
-    blocks = chips.reshape(count, size // 2, 2, size // 2, 2, 3).astype(np.uint16).sum(axis=(2, 4))
-    return np.asarray((blocks + 2) // 4, dtype=np.uint8)
+    """N x S x S x 3 chips at half the size: the gender chips from the age chips (same face,
+    same alignment) without a second warp of the image.
+
+    Output pixel j is the [1, 2, 1] / 4 weighted mean around input pixel 2j, where the chip
+    template puts it. Plain 2 x 2 means shift the chip by a quarter pixel (the sample photo's
+    gender went from 0.95 female to 0.55); a Gaussian pyramid step blurs more (UTKFace dev
+    gender >= 10 y 93.8 % instead of 95.0 %).
+    """
+    kernel = np.array([0.25, 0.5, 0.25], dtype=np.float32)
+    smooth = (cv2.sepFilter2D(chip, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101) for chip in chips)
+    return np.stack([np.asarray(chip[::2, ::2], dtype=np.uint8) for chip in smooth])
 
 
 def _mean_with_mirror(run: Runner, chips: NDArray[np.uint8]) -> NDArray[np.float32]:
