@@ -12,8 +12,9 @@ Usage::
   in turn on each image, `--rounds` times, after two warm-up rounds; per variant the median over
   all calls of the network alone (on the prepared input) and of `detect()` (with resizing,
   decoding, NMS and the landmark re-read); ratio = ort-fp32 median / variant median.
-  Variants: ort-fp32, ort-int8 (onnxruntime), ov-int8, ov-bf16 (OpenVINO with the bf16 hint
-  on the fp32 model; on a CPU without bf16 units this is plain fp32), ov-fp32.
+  Variants: ort-fp32, ort-int8 (onnxruntime), ov-int8 (the int8 model, its fp32 heads in bf16
+  where the CPU has bf16 units, as `--runtime openvino` runs it), ov-bf16 (OpenVINO with the
+  bf16 hint on the fp32 model; on a CPU without bf16 units this is plain fp32), ov-fp32.
 - `wider`: WIDER dev AP (official protocol, benchmarks/accuracy.py) of each variant at 640.
 - `accurate`: WIDER dev AP of the accurate preset (and fast for reference), time ratio.
 - `e2e`: the whole pipeline (`--runtime`, `--precision`; default onnxruntime, auto) vs the peer
@@ -62,7 +63,7 @@ def make_detector(variant: str, paths: ModelPaths, size: int | None, threads: in
         size,
         threads,
         runtime="openvino" if runtime == "ov" else "onnxruntime",
-        bf16=precision == "bf16",
+        bf16=precision != "fp32",  # as the product: bf16 for what stays fp32, where the CPU has it
     )
 
 
