@@ -12,6 +12,8 @@ Usage::
   in turn on each image, `--rounds` times, after two warm-up rounds; per variant the median over
   all calls of the network alone (on the prepared input) and of `detect()` (with resizing,
   decoding, NMS and the landmark re-read); ratio = ort-fp32 median / variant median.
+  `--frames`: every image resized to one 4:3 shape first (a camera's snapshots), instead of
+  the subset's mix of 9 shapes in 40 images.
   Variants: ort-fp32, ort-int8 (onnxruntime), ov-int8 (the int8 model, its fp32 heads in bf16
   where the CPU has bf16 units, as `--runtime openvino` runs it), ov-bf16 (OpenVINO with the
   bf16 hint on the fp32 model; on a CPU without bf16 units this is plain fp32), ov-fp32.
@@ -35,6 +37,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import cv2
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -84,6 +89,9 @@ def bench_detector(args: argparse.Namespace, wider_dir: Path) -> None:
     variants = usable(args.variants)
     detectors = {v: make_detector(v, paths, args.size, args.threads) for v in variants}
     images = list(wider_rgb(wider_dir).values())[: args.images]
+    if args.frames:  # one camera's frames: every image the same shape (4:3 at the long side)
+        frame = (args.size, args.size * 3 // 4)
+        images = [np.asarray(cv2.resize(image, frame, interpolation=cv2.INTER_AREA)) for image in images]
     blobs = [input_blob(image, args.size / max(image.shape[:2])) for image in images]
     network: dict[str, list[float]] = {v: [] for v in variants}
     detect: dict[str, list[float]] = {v: [] for v in variants}
@@ -101,9 +109,10 @@ def bench_detector(args: argparse.Namespace, wider_dir: Path) -> None:
                 start = time.perf_counter()
                 det.detect(image, 0.5)
                 detect[v].append((time.perf_counter() - start) * 1000)
+    shapes = len({blob.shape for blob in blobs})
     print(
         f"detector alone, long side {args.size}, {args.threads} thread(s), {len(images)} images "
-        f"x {args.rounds} rounds, interleaved; medians, speed-up vs ort-fp32"
+        f"({shapes} input shapes) x {args.rounds} rounds, interleaved; medians, speed-up vs ort-fp32"
     )
     print("  network = the model on its input blob; detect() = resize, model, decode, NMS, landmark re-read")
     for v in variants:
@@ -200,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5, help="e2e: timed calls per image")
     parser.add_argument("--images", type=int, default=40, help="detector: first N dev images")
+    parser.add_argument(
+        "--frames",
+        action="store_true",
+        help="detector: resize every image to one 4:3 shape first, as a camera's frames",
+    )
     parser.add_argument("--precision", choices=list(PRECISIONS), default="auto")
     parser.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime", help="e2e: ours")
     parser.add_argument("--presets", nargs="+", choices=["fast", "accurate"], default=["fast", "accurate"])
