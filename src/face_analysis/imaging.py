@@ -86,6 +86,11 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> RGBImage:
             raise AnalysisError(ErrorCode.UNREADABLE_FILE, f"cannot decode the image: {exc}") from None
 
 
+def _riff_cut_short(data: bytes) -> bool:
+    """A RIFF file (WebP) holding fewer bytes than its header declares."""
+    return len(data) >= 12 and data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") + 8 > len(data)
+
+
 def _open_checked(data: bytes, limits: DecodeLimits) -> Image.Image:
     """The opened (not yet decoded) image, after the checks that need only its header."""
     if not data:
@@ -102,7 +107,9 @@ def _open_checked(data: bytes, limits: DecodeLimits) -> Image.Image:
     except UnidentifiedImageError:
         raise AnalysisError(ErrorCode.NOT_AN_IMAGE, "not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        if "truncated" in str(exc).lower():  # the header itself is cut short ("Truncated File Read")
+        # The header itself cut short ("Truncated File Read"), or a cut WebP, whose decoder
+        # says only "could not create decoder object".
+        if "truncated" in str(exc).lower() or _riff_cut_short(data):
             raise AnalysisError(ErrorCode.TRUNCATED_IMAGE, "the image data is truncated") from None
         raise AnalysisError(ErrorCode.UNREADABLE_FILE, f"cannot read the image: {exc}") from None
     width, height = image.size

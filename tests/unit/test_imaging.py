@@ -167,3 +167,13 @@ def test_one_pixel_image_decodes(sample_bytes: dict[str, bytes]) -> None:
     rgb = decode_image(sample_bytes["one_pixel_png"])
     assert rgb.shape == (1, 1, 3)
     assert rgb.tolist() == [[[200, 150, 100]]]
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.99])
+def test_cut_webp_is_truncated_not_unreadable(sample_bytes: dict[str, bytes], keep: float) -> None:
+    webp = sample_bytes["webp"]
+    with pytest.raises(AnalysisError) as caught:
+        decode_image(webp[: int(len(webp) * keep)])
+    assert caught.value.code is ErrorCode.TRUNCATED_IMAGE
+    # A RIFF header that does not lie is still decoded.
+    assert decode_image(webp).shape[2] == 3
