@@ -161,7 +161,7 @@ def _roboflow_settings(
     help="auto: where the CPU has int8 dot products (VNNI/AMX/Arm dotprod), the int8 models "
     "that are built (`face-analysis models quantize`, which set-up runs): age and gender "
     "(~2x faster, same UTKFace accuracy) and the detector in the fast preset up to "
-    "--detect-size 640 (1.4-1.9x faster, same WIDER AP; UTKFace age MAE 6.0 y instead of "
+    "--detect-size 640 (1.4-2.4x faster, same WIDER AP; UTKFace age MAE 6.0 y instead of "
     "5.9); with --runtime openvino the fp32 models in bf16 where the CPU has it. fp32: the "
     "original models everywhere. int8: every int8 model on any CPU (an error if one is not "
     f"built) [env {PRECISION_ENV}].",

@@ -65,7 +65,7 @@ class AnalyzerConfig:
         dotprod), the int8 models that are built and verified (`face-analysis models
         quantize`): age and gender (~2x faster, UTKFace figures unchanged) and, in the fast
         preset with `detect_size` at most 640, CenterFace (WIDER AP within 0.005 of fp32 at
-        1.4-1.9x the speed; UTKFace age MAE 6.0 y instead of 5.9; at 1024 int8 loses 0.010
+        1.4-2.4x the speed; UTKFace age MAE 6.0 y instead of 5.9; at 1024 int8 loses 0.010
         AP, so larger sizes keep fp32). With OpenVINO the fp32 models compute in bf16 on CPUs
         with bf16 units. "fp32": the original models in fp32 everywhere. "int8": every int8
         model on any CPU, and an error when one is not built.
