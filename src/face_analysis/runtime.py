@@ -101,8 +101,9 @@ def create_runner(
     bf16: with OpenVINO, let it compute an fp32 model in bf16 where the CPU has bf16 units
     (AVX-512 BF16 / AMX); elsewhere, and for int8 (QDQ) models, OpenVINO keeps its own choice.
     static_shapes: with OpenVINO, give each input shape seen again a compile of its own for that
-    fixed shape (CenterFace: ~20% faster than the any-shape compile; ~0.3 s and ~30 MB once per
-    shape, for the first 4 recurring shapes). onnxruntime has no such gain.
+    fixed shape (CenterFace: ~20% faster than the any-shape compile; ~0.3 s and ~30 MB per 640 x 480
+    shape, for the first recurring shapes up to four such shapes' pixels). onnxruntime has no such
+    gain.
 
     Raises:
         ValueError: unknown runtime. ImportError: OpenVINO chosen but the extra is not installed.
@@ -134,13 +135,14 @@ class _OpenVinoRunner:
     """An OpenVINO model compiled for any input shape and, with `static_shapes`, for each of the
     first few recurring shapes on its own (fixed shapes let OpenVINO pick faster kernels).
 
-    Each fixed-shape compile costs ~0.3 s and ~30 MB (CenterFace at 640 px), so there are at
-    most `_STATIC_MAX` of them and they are never replaced: a mix of many shapes cannot make every
-    call compile.
+    A fixed-shape compile costs ~0.3 s and memory in proportion to the shape's pixels (CenterFace:
+    ~30 MB at 640 x 480, ~200 MB at 2048 x 1536), so together they hold at most `_STATIC_PIXELS`
+    (four 640 x 480 shapes; larger inputs keep the any-shape compile), and they are never
+    replaced: a mix of many shapes cannot make every call compile.
     """
 
     _STATIC_AFTER = 2  # sightings of a shape before it gets its own compile: one-offs never do
-    _STATIC_MAX = 4
+    _STATIC_PIXELS = 4 * 640 * 480
     _SIGHTINGS_MAX = 256
 
     def __init__(self, core: Any, model: bytes, threads: int, bf16: bool, static_shapes: bool) -> None:
@@ -175,7 +177,8 @@ class _OpenVinoRunner:
         with self._lock:
             if shape in self._static:
                 return self._static[shape]
-            if len(self._static) == self._STATIC_MAX:
+            pixels = sum(h * w for *_, h, w in self._static) + shape[-2] * shape[-1]
+            if pixels > self._STATIC_PIXELS:
                 return self._any_shape
             seen = self._sightings.get(shape, 0) + 1
             if seen < self._STATIC_AFTER:
