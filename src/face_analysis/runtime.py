@@ -99,7 +99,7 @@ def create_runner(
     Safe to call from several threads at once.
 
     bf16: with OpenVINO, let it compute an fp32 model in bf16 where the CPU has bf16 units
-    (AVX-512 BF16 / AMX); elsewhere, and for int8 (QDQ) models, OpenVINO keeps its own choice.
+    (AVX-512 BF16 / AMX); for an int8 (QDQ) model, the parts that stay fp32.
     static_shapes: with OpenVINO, give each input shape seen again a compile of its own for that
     fixed shape (CenterFace: ~20% faster than the any-shape compile; ~0.3 s and ~30 MB per 640 x 480
     shape, for the first recurring shapes up to four such shapes' pixels). onnxruntime has no such
