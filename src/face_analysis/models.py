@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,14 +169,14 @@ class ModelPaths:
         }
         return cls(**found, int8=int8)
 
-    def require_int8(self, names: Iterable[str]) -> dict[str, Path]:
+    def require_int8(self, names: Sequence[str]) -> dict[str, Path]:
         """The verified int8 models `names`; raises `ModelError` naming the fix when one is not built."""
         missing = [
             self.centerface.parent / INT8_MODELS[name].filename for name in names if name not in self.int8
         ]
         if missing:
             raise ModelError(
-                f"the int8 model {', '.join(map(str, missing))} is not built or does not verify: run "
+                f"int8 model not built or not verified: {', '.join(map(str, missing))}; run "
                 "`face-analysis models quantize`, or use another --precision"
             )
         return {name: self.int8[name] for name in names}
