@@ -38,6 +38,7 @@ __all__ = [
     "INT8_MODELS",
     "MODELS",
     "MODEL_DIR_ENV",
+    "BuiltModel",
     "ModelPaths",
     "ModelSpec",
     "build_int8_models",
@@ -89,31 +90,31 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class BuiltModel:
+    """A model built on the user's machine from the fp32 model of the same name (whose licence it
+    keeps), and the checksum the build must have."""
+
+    filename: str
+    sha256: str
+
+
 # The int8 models are not downloaded: `face-analysis models quantize` builds them from the fp32
 # files (face_analysis.quantize; deterministic, calibrated only on tests/data/astronaut.jpg). The
 # checksums are those of builds with onnxruntime 1.32 / onnx 1.23; another toolchain may produce
 # other bytes, and then the build is refused and the fp32 model is used.
-INT8_MODELS: dict[str, ModelSpec] = {
-    "centerface": ModelSpec(
+INT8_MODELS: dict[str, BuiltModel] = {
+    "centerface": BuiltModel(
         filename="centerface-int8.onnx",
-        wheel="",
-        member="",
         sha256="85b9ccb0c675b34fa399c1e8e8a925d9f4c051fc4030b22728eb245a5c003fb6",
-        licence="MIT",
     ),
-    "age": ModelSpec(
+    "age": BuiltModel(
         filename="age-int8.onnx",
-        wheel="",
-        member="",
         sha256="352765d54caeb12f86662960445cdac1294f403e7e67eaed63b3cde9adc51e4f",
-        licence="CC0-1.0",
     ),
-    "gender": ModelSpec(
+    "gender": BuiltModel(
         filename="gender-int8.onnx",
-        wheel="",
-        member="",
         sha256="2fb5d94591b552642057ac36628e65888cbc467b8aba01c62f5313cd6df01f6b",
-        licence="CC0-1.0",
     ),
 }
 
@@ -244,7 +245,7 @@ def build_int8_models(model_dir: Path | None = None) -> list[Path]:
     return built
 
 
-def _install_build(build: Callable[[Path], Path], spec: ModelSpec, target: Path) -> None:
+def _install_build(build: Callable[[Path], Path], spec: BuiltModel, target: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="face-analysis-int8-") as tmp:
         made = build(Path(tmp) / spec.filename)
         digest = sha256_of(made)

@@ -31,7 +31,7 @@ from .detection import (
 )
 from .errors import AnalysisError, ErrorCode
 from .imaging import DecodeLimits, RGBImage, decode_image, read_image_file
-from .models import INT8_MODELS, MODELS, ModelPaths
+from .models import INT8_MODELS, MODELS, BuiltModel, ModelPaths, ModelSpec
 from .results import LANDMARK_NAMES, Face, ImageResult, ResultError
 from .runtime import RUNTIMES, Runtime, cpu_has_int8_dot_product
 
@@ -133,10 +133,8 @@ class Analyzer:
             runtime=self.config.runtime,
             bf16=bf16,
         )
-        self._models = {
-            name: f"{spec.filename}@{spec.sha256[:12]}"
-            for name, spec in ({**MODELS, **{n: INT8_MODELS[n] for n in int8}}).items()
-        }
+        used: dict[str, ModelSpec | BuiltModel] = {**MODELS, **{name: INT8_MODELS[name] for name in int8}}
+        self._models = {name: f"{spec.filename}@{spec.sha256[:12]}" for name, spec in used.items()}
         self._models["detector"] = self.detector.name
         self._settings: dict[str, Any] = {
             "detect_size": self.config.detect_size,

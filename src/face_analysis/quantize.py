@@ -89,12 +89,7 @@ def prepare_fp32(model_path: Path) -> onnx.ModelProto:
     model = with_dynamic_size(onnx.load(str(model_path)))
     graph = model.graph
     _fold_batch_norms(graph)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    for index, node in enumerate(graph.node):
-        node.name = f"{node.op_type.lower()}_{index:03d}"
+    _tidy(graph)
     converted: onnx.ModelProto = version_converter.convert_version(model, _OPSET)
     converted.ir_version = _IR_VERSION
     del converted.graph.value_info[:]
@@ -137,9 +132,19 @@ def prepare_classifier(model_path: Path) -> onnx.ModelProto:
     bias, denormal weights zeroed (`load_model`), named nodes."""
     model = load_model(model_path)
     _fold_affines(model.graph)
-    for index, node in enumerate(model.graph.node):
-        node.name = f"{node.op_type.lower()}_{index:03d}"
+    _tidy(model.graph)
     return model
+
+
+def _tidy(graph: onnx.GraphProto) -> None:
+    """Drop the initializers no node uses any more (folded away); name every node (the
+    quantiser's exclusions are by name, and the originals have none)."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for index, node in enumerate(graph.node):
+        node.name = f"{node.op_type.lower()}_{index:03d}"
 
 
 def _fold_affines(graph: onnx.GraphProto) -> None:
@@ -175,10 +180,6 @@ def _fold_affines(graph: onnx.GraphProto) -> None:
         dropped += [mul, add]
     for node in dropped:
         graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def _jitter(image: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np.uint8]:
@@ -307,9 +308,9 @@ def quantize_centerface(
 
 
 def quantize_classifier(
-    fp32_path: Path, output: Path, model: Literal["age", "gender"], samples: int = CHIP_SAMPLES
+    fp32_path: Path, output: Path, kind: Literal["age", "gender"], samples: int = CHIP_SAMPLES
 ) -> Path:
-    """Write the int8 (QDQ, per-channel weights) age or gender `model` to `output`; returns it.
+    """Write the int8 (QDQ, per-channel weights) `kind` model to `output`; returns `output`.
 
     Calibration: `samples` face chips of the repository's astronaut (`calibration_chips`), fed
     as the estimator feeds them (gender: the age chips halved; each chip also mirrored),
@@ -318,11 +319,11 @@ def quantize_classifier(
     (UTKFace dev age_confidence ECE 0.058 instead of 0.022).
     """
     chips = calibration_chips(_read_photo(None), _ASTRONAUT_LANDMARKS, AGE_CHIP, samples)
-    graph = prepare_classifier(fp32_path)
-    last_conv = max(i for i, node in enumerate(graph.graph.node) if node.op_type == "Conv")
-    head = [node.name for node in graph.graph.node[last_conv + 1 :]]
+    model = prepare_classifier(fp32_path)
+    last_conv = max(i for i, node in enumerate(model.graph.node) if node.op_type == "Conv")
+    head = [node.name for node in model.graph.node[last_conv + 1 :]]
     ranges = {"percentile": _CHIP_PERCENTILE, "symmetric": False}
-    return _quantize(graph, output, _chip_blobs(chips, halved=model == "gender"), 1, ranges, exclude=head)
+    return _quantize(model, output, _chip_blobs(chips, halved=kind == "gender"), 1, ranges, exclude=head)
 
 
 def _chip_blobs(chips: Iterator[NDArray[np.uint8]], halved: bool) -> Iterator[NDArray[np.float32]]:
@@ -352,6 +353,23 @@ def _head_nodes(model: onnx.ModelProto) -> list[str]:
     return sorted(heads)
 
 
+@contextlib.contextmanager
+def _quiet_workdir() -> Iterator[Path]:
+    """A temporary folder, with onnxruntime.quantization's notes ("consider pre-processing")
+    and prints silenced."""
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="face-analysis-quant-") as tmp,
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            yield Path(tmp)
+    finally:
+        root_logger.setLevel(level)
+
+
 def _quantize(
     model: onnx.ModelProto,
     output: Path,
@@ -362,30 +380,6 @@ def _quantize(
 ) -> Path:
     """Calibrate `model` on `blobs` (`chunk` at a time: activations are kept until collected),
     Percentile `ranges`, rounded; write the QDQ int8 model to `output` atomically."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    root_logger.setLevel(logging.ERROR)  # onnxruntime.quantization's "consider pre-processing" notes
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="face-analysis-quant-") as tmp,
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
-            _calibrate_and_quantize(model, output, blobs, chunk, ranges, exclude, Path(tmp))
-    finally:
-        root_logger.setLevel(level)
-    return output
-
-
-def _calibrate_and_quantize(
-    model: onnx.ModelProto,
-    output: Path,
-    blobs: Iterator[NDArray[np.float32]],
-    chunk: int,
-    ranges: dict[str, float | bool],
-    exclude: list[str],
-    tmp: Path,
-) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -395,44 +389,47 @@ def _calibrate_and_quantize(
     )
     from onnxruntime.quantization.calibrate import TensorData, save_tensors_data
 
-    input_name = model.graph.input[0].name
-    prepared = tmp / "fp32.onnx"
-    onnx.save(model, str(prepared))
-    calibrator = create_calibrator(
-        prepared,
-        op_types_to_calibrate=None,
-        augmented_model_path=str(tmp / "augmented.onnx"),
-        calibrate_method=CalibrationMethod.Percentile,
-        providers=["CPUExecutionProvider"],
-        extra_options={**ranges, "num_bins": 2048},
-    )
-    while (first := next(blobs, None)) is not None:
-        calibrator.collect_data(
-            _Reader(input_name, itertools.chain([first], itertools.islice(blobs, chunk - 1)))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_workdir() as tmp:
+        input_name = model.graph.input[0].name
+        prepared = tmp / "fp32.onnx"
+        onnx.save(model, str(prepared))
+        calibrator = create_calibrator(
+            prepared,
+            op_types_to_calibrate=None,
+            augmented_model_path=str(tmp / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Percentile,
+            providers=["CPUExecutionProvider"],
+            extra_options={**ranges, "num_bins": 2048},
         )
-    found = calibrator.compute_data()
-    for name in sorted(found.data):
-        low, high = found.data[name].range_value
-        found.data[name] = TensorData(lowest=_round(low), highest=_round(high))
-    del calibrator
-    cache = tmp / "ranges.json"
-    save_tensors_data(found, cache)
-    partial = output.with_name(output.name + ".part")
-    quantize_static(
-        prepared,
-        str(partial),
-        calibration_data_reader=None,
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.Percentile,
-        calibration_cache_path=cache,
-        nodes_to_exclude=exclude,
-    )
-    quantized = onnx.load(str(partial))
-    quantized.producer_name = "face-analysis quantize"
-    quantized.producer_version = ""
-    del quantized.metadata_props[:]
-    onnx.save(quantized, str(partial))
-    os.replace(partial, output)
+        while (first := next(blobs, None)) is not None:
+            calibrator.collect_data(
+                _Reader(input_name, itertools.chain([first], itertools.islice(blobs, chunk - 1)))
+            )
+        found = calibrator.compute_data()
+        for name in sorted(found.data):
+            low, high = found.data[name].range_value
+            found.data[name] = TensorData(lowest=_round(low), highest=_round(high))
+        del calibrator
+        cache = tmp / "ranges.json"
+        save_tensors_data(found, cache)
+        partial = output.with_name(output.name + ".part")
+        quantize_static(
+            prepared,
+            str(partial),
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            calibration_cache_path=cache,
+            nodes_to_exclude=exclude,
+        )
+        quantized = onnx.load(str(partial))
+        quantized.producer_name = "face-analysis quantize"
+        quantized.producer_version = ""
+        del quantized.metadata_props[:]
+        onnx.save(quantized, str(partial))
+        os.replace(partial, output)
+    return output
