@@ -106,10 +106,18 @@ class Analyzer:
 
     `analyze` never raises for a bad image: it returns a result whose `error` says why.
     Constructing it raises `ModelError` when a model is missing or corrupt, and ValueError when
-    the Roboflow detector is chosen without $ROBOFLOW_API_KEY.
+    the Roboflow detector is chosen without $ROBOFLOW_API_KEY. `estimates=False` does not load
+    the age and gender models, for a user that never estimates (a service that only detects, or
+    only builds results).
     """
 
-    def __init__(self, config: AnalyzerConfig | None = None, detector: FaceDetector | None = None) -> None:
+    def __init__(
+        self,
+        config: AnalyzerConfig | None = None,
+        detector: FaceDetector | None = None,
+        *,
+        estimates: bool = True,
+    ) -> None:
         self.config = config or AnalyzerConfig()
         paths = ModelPaths.resolve(self.config.model_dir)
         bf16 = self.config.precision != "fp32"
@@ -126,12 +134,16 @@ class Analyzer:
                 bf16=bf16,
             )
         )
-        self.estimator = AgeGenderEstimator(
-            int8.get("age", paths.age),
-            int8.get("gender", paths.gender),
-            self.config.threads,
-            runtime=self.config.runtime,
-            bf16=bf16,
+        self._estimator = (
+            AgeGenderEstimator(
+                int8.get("age", paths.age),
+                int8.get("gender", paths.gender),
+                self.config.threads,
+                runtime=self.config.runtime,
+                bf16=bf16,
+            )
+            if estimates
+            else None
         )
         used: dict[str, ModelSpec | BuiltModel] = {**MODELS, **{name: INT8_MODELS[name] for name in int8}}
         self._models = {name: f"{spec.filename}@{spec.sha256[:12]}" for name, spec in used.items()}
@@ -152,6 +164,13 @@ class Analyzer:
         result built elsewhere says which detector and settings found its faces.
         """
         return dict(self._models), dict(self._settings)
+
+    @property
+    def estimator(self) -> AgeGenderEstimator:
+        """The age and gender models; RuntimeError for an analyzer built with `estimates=False`."""
+        if self._estimator is None:
+            raise RuntimeError("this Analyzer was built without the age and gender models")
+        return self._estimator
 
     @staticmethod
     def check_models(config: AnalyzerConfig) -> None:

@@ -18,7 +18,6 @@ from ..pipeline import Analyzer
 from ..results import ResultError
 from .common import (
     Metrics,
-    default_stamp,
     job_id_problem,
     log,
     make_analyzer,
@@ -96,7 +95,7 @@ class AgeGenderService(age_gender_pb2_grpc.AgeGenderServicer):
 def serve(settings: Settings) -> None:
     metrics = Metrics("age-gender")
     service = AgeGenderService(
-        make_analyzer(settings, stamp=default_stamp(settings)),
+        make_analyzer(settings, "estimate"),
         JobStore(settings),
         metrics,
         settings.model_slots,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -49,7 +49,6 @@ __all__ = [
     "StampOnly",
     "analyzer_config",
     "configure_logging",
-    "default_stamp",
     "job_id_problem",
     "make_analyzer",
     "name_problem",
@@ -215,11 +214,7 @@ class Metrics:
 
 
 class StampOnly:
-    """Stands in for the detector another service ran: lends its name to results, never detects.
-
-    The age gender and data storage services build their `Analyzer` with it, so they neither
-    load CenterFace nor need the Roboflow settings.
-    """
+    """Stands in for the detector another service ran: lends its name to results, never detects."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -253,27 +248,23 @@ def analyzer_config(settings: Settings, detector: str | None = None) -> Analyzer
     )
 
 
-def make_analyzer(settings: Settings, stamp: str | None = None) -> Analyzer:
-    """The library's Analyzer with the services' settings, warmed up (first runs are slow).
-
-    stamp: the detector name results carry, for services that do not detect (see StampOnly);
-    None builds the configured detector itself (the face landmark service).
-    """
-    if stamp is None:
-        analyzer = Analyzer(analyzer_config(settings))
-    else:
-        analyzer = Analyzer(analyzer_config(settings, "centerface"), detector=StampOnly(stamp))
-    blank = np.full((64, 64, 3), 128, dtype=np.uint8)
-    if stamp is None and settings.detector == "centerface":  # never call a hosted API at start-up
-        analyzer.detect(blank)
-    if stamp is not None:
+def make_analyzer(settings: Settings, role: Literal["detect", "estimate", "store"]) -> Analyzer:
+    """The library's Analyzer with the services' settings, loading only the models `role` runs
+    and warmed up (first runs are slow): the face landmark service detects, age gender estimates,
+    data storage only builds results. Those that do not detect stand the configured detector's
+    name in (StampOnly): they neither load CenterFace nor need the Roboflow settings."""
+    if role == "detect":
+        analyzer = Analyzer(analyzer_config(settings), estimates=False)
+        if settings.detector == "centerface":  # never call a hosted API at start-up
+            analyzer.detect(np.full((64, 64, 3), 128, dtype=np.uint8))
+        return analyzer
+    stamp = CenterFace.name if settings.detector == "centerface" else "roboflow"
+    config = analyzer_config(settings, "centerface")
+    analyzer = Analyzer(config, detector=StampOnly(stamp), estimates=role == "estimate")
+    if role == "estimate":
+        blank = np.full((64, 64, 3), 128, dtype=np.uint8)
         analyzer.estimate(blank, [Detection(box=(8.0, 8.0, 56.0, 56.0), score=1.0, landmarks=None)])
     return analyzer
-
-
-def default_stamp(settings: Settings) -> str:
-    """The detector name of results when no detections tell it (e.g. a job that gave up)."""
-    return CenterFace.name if settings.detector == "centerface" else "roboflow"
 
 
 # The server.

@@ -24,7 +24,6 @@ from ..pipeline import faces_of
 from ..results import ImageResult, write_json_atomic
 from .common import (
     Metrics,
-    default_stamp,
     job_id_problem,
     log,
     make_analyzer,
@@ -61,7 +60,7 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
         self.settings = settings
         # Builds the results; they carry the stamp (models, settings) of the analyzer that
         # detected their faces, which comes with the detections.
-        self.analyzer = make_analyzer(settings, stamp=default_stamp(settings))
+        self.analyzer = make_analyzer(settings, "store")
         self.store = store
         self.metrics = metrics
         self.output_dir = output_dir.resolve()

@@ -83,7 +83,9 @@ class FaceLandmarkService(landmark_detection_pb2_grpc.FaceLandmarkServicer):
 
 def serve(settings: Settings) -> None:
     metrics = Metrics("face-landmark")
-    service = FaceLandmarkService(make_analyzer(settings), JobStore(settings), metrics, settings.model_slots)
+    service = FaceLandmarkService(
+        make_analyzer(settings, "detect"), JobStore(settings), metrics, settings.model_slots
+    )
     run_server(
         "face-landmark",
         settings,
