@@ -206,10 +206,8 @@ class Analyzer:
             step = time.perf_counter()
             faces = faces_of(detections, self.estimate(image, detections))
             timings["age_gender"] = _ms_since(step)
-        except AnalysisError as exc:
-            error = ResultError(exc.code, exc.message)
         except Exception as exc:  # one bad image must never stop a batch
-            error = ResultError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            error = ResultError.of(exc)
         timings["total"] = _ms_since(clock)
         size = None if image is None else (int(image.shape[1]), int(image.shape[0]))
         return self.result(name, faces, size, started, timings, error), image

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import ErrorCode
+from .errors import AnalysisError, ErrorCode
 
 __all__ = [
     "LANDMARK_NAMES",
@@ -68,6 +68,14 @@ class ResultError:
 
     code: ErrorCode
     message: str
+
+    @classmethod
+    def of(cls, exc: Exception) -> ResultError:
+        """The error result of a step that raised `exc`: its own code and message for an
+        `AnalysisError`, else `internal_error` naming the exception."""
+        if isinstance(exc, AnalysisError):
+            return cls(exc.code, exc.message)
+        return cls(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,18 +22,11 @@ from .settings import SERVICES, ServiceName, Settings
 
 __all__ = ["SERVICES", "ServiceName", "Settings", "serve"]
 
-_MODULES: dict[ServiceName, str] = {
-    "image-input": "image_input",
-    "face-landmark": "face_landmark",
-    "age-gender": "age_gender",
-    "data-storage": "data_storage",
-}
-
 
 def serve(service: ServiceName, settings: Settings) -> None:
     """Run one service until SIGTERM/SIGINT (logs as JSON lines on stderr)."""
     from .common import configure_logging
 
     configure_logging(service, settings.log_level)
-    module = importlib.import_module(f".{_MODULES[service]}", __name__)
+    module = importlib.import_module(f".{service.replace('-', '_')}", __name__)
     module.serve(settings)

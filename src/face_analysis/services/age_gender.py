@@ -12,7 +12,7 @@ import time
 
 import grpc
 
-from ..errors import AnalysisError, ErrorCode
+from ..errors import AnalysisError
 from ..imaging import RGBImage
 from ..pipeline import Analyzer
 from ..results import ResultError
@@ -76,11 +76,10 @@ class AgeGenderService(age_gender_pb2_grpc.AgeGenderServicer):
                 with self._slots:
                     estimates = self.analyzer.estimate(image, detections)
                 message.estimates.extend(estimates_to_proto(estimates))
-        except AnalysisError as exc:
-            error = ResultError(exc.code, exc.message)
-        except Exception as exc:  # as in the embedded mode: the image gets an internal_error result
-            log(logging.ERROR, "estimation failed", job_id=job_id, error=repr(exc))
-            error = ResultError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # as in the embedded mode: the image gets an error result
+            if not isinstance(exc, AnalysisError):
+                log(logging.ERROR, "estimation failed", job_id=job_id, error=repr(exc))
+            error = ResultError.of(exc)
         message.age_gender_ms = (time.perf_counter() - clock) * 1000
         if error is not None:
             del message.estimates[:]

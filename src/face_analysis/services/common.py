@@ -276,7 +276,6 @@ def run_server(
     register: Callable[[grpc.Server], None],
     grpc_service_name: str,
     on_stop: Callable[[], None] | None = None,
-    stop_event: threading.Event | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully.
 
@@ -310,7 +309,7 @@ def run_server(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log(logging.INFO, "serving", address=address, metrics_port=metrics_port)
 
-    stop = stop_event or threading.Event()
+    stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
         log(logging.INFO, "stopping", signal=signal.Signals(signum).name)

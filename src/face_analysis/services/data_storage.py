@@ -74,9 +74,7 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
     def _paths(self, request: aggregator_pb2.StoreRequest) -> tuple[Path, Path | None]:
         for problem in (
             job_id_problem(request.job_id),
-            name_problem(request.image_id.rsplit("/", 1)[-1], "image_id")
-            if request.image_id
-            else "image_id is missing",
+            name_problem(request.image_id.rsplit("/", 1)[-1], "image_id"),
             relative_path_problem(request.output_name, "output_name"),
             None if not request.source_name else relative_path_problem(request.source_name, "source_name"),
         ):

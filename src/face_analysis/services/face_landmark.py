@@ -13,7 +13,7 @@ import time
 
 import grpc
 
-from ..errors import AnalysisError, ErrorCode
+from ..errors import AnalysisError
 from ..pipeline import Analyzer
 from ..results import ResultError
 from .common import Metrics, job_id_problem, log, make_analyzer, redis_unavailable, reject_invalid, run_server
@@ -62,11 +62,10 @@ class FaceLandmarkService(landmark_detection_pb2_grpc.FaceLandmarkServicer):
             message.faces.extend(detections_to_proto(detections))
             if detections:
                 self.store.put_pixels(job_id, image)
-        except AnalysisError as exc:
-            error = ResultError(exc.code, exc.message)
-        except Exception as exc:  # as in the embedded mode: the image gets an internal_error result
-            log(logging.ERROR, "detection failed", job_id=job_id, error=repr(exc))
-            error = ResultError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # as in the embedded mode: the image gets an error result
+            if not isinstance(exc, AnalysisError):
+                log(logging.ERROR, "detection failed", job_id=job_id, error=repr(exc))
+            error = ResultError.of(exc)
         if error is not None:
             del message.faces[:]
             message.error.CopyFrom(error_to_proto(error))

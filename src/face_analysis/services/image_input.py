@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import redis
@@ -136,13 +136,12 @@ class JobDriver:
             try:
                 return self._attempt(job, image, started_at, clock, deadline)
             except AnalysisError as exc:  # the input itself cannot be read
-                return self._give_up(job, started_at, ResultError(exc.code, exc.message))
+                return self._give_up(job, started_at, ResultError.of(exc))
             except _Deadline as exc:
                 error = ResultError(ErrorCode.INTERNAL_ERROR, f"the job took too long: {exc}")
                 return self._give_up(job, started_at, error)
             except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-                details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+                code, details = _status(exc)
                 last_problem = f"{code.name}: {details}"
                 if code == grpc.StatusCode.INVALID_ARGUMENT:
                     attempts = self.settings.max_attempts  # retrying cannot help
@@ -177,14 +176,7 @@ class JobDriver:
                 age_gender_pb2.EstimateRequest(job_id=job_id),
                 deadline,
             )
-        request = aggregator_pb2.StoreRequest(
-            job_id=job_id,
-            image_id=job.image_id,
-            output_name=job.output_name,
-            source_name=job.source_name,
-            started_at=started_at,
-            timings_ms={"total": (time.perf_counter() - clock) * 1000},
-        )
+        request = _store_request(job, started_at, timings_ms={"total": (time.perf_counter() - clock) * 1000})
         reply = self._call("store", self.clients.storage.Store, request, deadline)
         self.metrics.image(not reply.result.HasField("error"), len(reply.result.faces))
         if reply.result.HasField("error"):
@@ -202,14 +194,7 @@ class JobDriver:
             code=error.code.value,
             error=error.message,
         )
-        request = aggregator_pb2.StoreRequest(
-            job_id=job.job_id,
-            image_id=job.image_id,
-            output_name=job.output_name,
-            source_name=job.source_name,
-            started_at=started_at,
-            error=error_to_proto(error),
-        )
+        request = _store_request(job, started_at, error=error_to_proto(error))
         deadline = time.monotonic() + self.settings.rpc_timeout_s * 2
         try:
             reply = self._call("store", self.clients.storage.Store, request, deadline)
@@ -235,7 +220,7 @@ class JobDriver:
                     request, timeout=min(self.settings.rpc_timeout_s, remaining), wait_for_ready=True
                 )
             except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+                code, _ = _status(exc)
                 self.metrics.retry(stage, code.name)
                 if code in _TRANSIENT:
                     self._sleep(backoff, deadline)
@@ -265,6 +250,25 @@ class JobDriver:
     def _sleep(self, seconds: float, deadline: float) -> None:
         if self.abandon.wait(max(0.0, min(seconds, deadline - time.monotonic()))):
             raise HandBack
+
+
+def _status(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a failed call (UNKNOWN when the error carries none)."""
+    if isinstance(exc, grpc.Call):
+        return exc.code(), str(exc.details())
+    return grpc.StatusCode.UNKNOWN, str(exc)
+
+
+def _store_request(job: QueuedJob, started_at: float, **fields: Any) -> aggregator_pb2.StoreRequest:
+    """Data storage's request for `job`, with its result's `fields` (timings or error)."""
+    return aggregator_pb2.StoreRequest(
+        job_id=job.job_id,
+        image_id=job.image_id,
+        output_name=job.output_name,
+        source_name=job.source_name,
+        started_at=started_at,
+        **fields,
+    )
 
 
 class _Deadline(Exception):
@@ -335,22 +339,21 @@ class FolderWatcher:
             if self._seen.get(job.source) != signature or not settled:
                 self._undecided = True
                 continue  # new or still changing: look again next poll
-            relative = job.source.relative_to(self.input_dir).as_posix()
-            job_id = folder_job_id(relative, stat.st_size, stat.st_mtime_ns)
+            job_id = folder_job_id(job.image_id, stat.st_size, stat.st_mtime_ns)
             if self._queued.get(job.source) == job_id:
                 continue
-            if not is_up_to_date(job) and self._queue(job, job_id, relative):
+            if not is_up_to_date(job) and self._queue(job, job_id):
                 queued += 1
             self._queued[job.source] = job_id
         self._seen = seen
         return queued
 
-    def _queue(self, job: Job, job_id: str, relative: str) -> bool:
+    def _queue(self, job: Job, job_id: str) -> bool:
         entry = QueuedJob(
             job_id=job_id,
             image_id=job.image_id,
             output_name=job.output.relative_to(self.output_dir).as_posix(),
-            source_name=relative,
+            source_name=job.image_id,  # its path relative to the input folder
         )
         if not self.store.queue_input(entry):
             return False
@@ -497,7 +500,7 @@ class ImageInputService(image_input_pb2_grpc.ImageInputServicer):
             except (redis.ConnectionError, redis.TimeoutError):
                 if i == tries - 1:
                     raise
-                time.sleep(min(0.1 * 2**i, 2.0))
+                time.sleep(min(_BACKOFF_START_S * 2**i, _BACKOFF_MAX_S))
 
     def _input_bytes(self, job: QueuedJob) -> bytes:
         if not job.source_name:
@@ -518,15 +521,18 @@ class ImageInputService(image_input_pb2_grpc.ImageInputServicer):
                 problem = f"{exc.code.value}: {exc.message}"
         reject_invalid(context, self.metrics, problem)
 
-    @redis_unavailable
-    def Submit(
-        self, request: image_input_pb2.SubmitRequest, context: grpc.ServicerContext
-    ) -> image_input_pb2.SubmitReply:
-        self._check(request.image, request.name, context)
+    def _new_api_job(self, image: bytes, name: str, context: grpc.ServicerContext) -> QueuedJob:
+        """A job for an image sent to the API, once it passed the checks."""
+        self._check(image, name, context)
         if self.stop_taking.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
         job_id = api_job_id()
-        job = QueuedJob(job_id, request.name, f"{API_RESULTS_FOLDER}/{job_id}.json", "")
+        return QueuedJob(job_id, name, f"{API_RESULTS_FOLDER}/{job_id}.json", "")
+
+    def Submit(
+        self, request: image_input_pb2.SubmitRequest, context: grpc.ServicerContext
+    ) -> image_input_pb2.SubmitReply:
+        job = self._new_api_job(request.image, request.name, context)
         try:
             self.store.put_image(job.job_id, request.image)
             self.store.mark_pending(job.job_id)
@@ -540,11 +546,7 @@ class ImageInputService(image_input_pb2_grpc.ImageInputServicer):
         self, request: image_input_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> aggregator_pb2.AnalysisResult:
         clock = time.perf_counter()
-        self._check(request.image, request.name, context)
-        if self.stop_taking.is_set():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
-        job_id = api_job_id()
-        job = QueuedJob(job_id, request.name, f"{API_RESULTS_FOLDER}/{job_id}.json", "")
+        job = self._new_api_job(request.image, request.name, context)
         remaining = context.time_remaining()
         budget = (
             self.settings.job_timeout_s if remaining is None else min(self.settings.job_timeout_s, remaining)
@@ -577,9 +579,9 @@ class ImageInputService(image_input_pb2_grpc.ImageInputServicer):
                 job_id=request.job_id, state=image_input_pb2.JobStatus.DONE, result=result
             )
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            code, details = _status(exc)
             if code != grpc.StatusCode.NOT_FOUND:
-                context.abort(code, f"data storage: {exc.details() if isinstance(exc, grpc.Call) else exc}")
+                context.abort(code, f"data storage: {details}")
         if self.store.is_pending(request.job_id):
             return image_input_pb2.JobStatus(job_id=request.job_id, state=image_input_pb2.JobStatus.PENDING)
         context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id}")

@@ -17,13 +17,13 @@ import socket
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = ["ENV_PREFIX", "SERVICES", "ServiceName", "Settings", "SettingsError"]
 
 ENV_PREFIX = "FACE_ANALYSIS_"
 ServiceName = Literal["image-input", "face-landmark", "age-gender", "data-storage"]
-SERVICES: tuple[ServiceName, ...] = ("image-input", "face-landmark", "age-gender", "data-storage")
+SERVICES: tuple[ServiceName, ...] = get_args(ServiceName)
 
 
 class SettingsError(ValueError):

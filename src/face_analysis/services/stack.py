@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 import redis
@@ -73,7 +73,6 @@ class _Child:
     restarts: int = 0
     backoff_s: float = _RESTART_BACKOFF_S
     restart_at: float | None = None
-    history: list[int] = field(default_factory=list)  # pids, oldest first
 
 
 class Stack:
@@ -96,7 +95,6 @@ class Stack:
         )
         child.started_at = time.monotonic()
         child.restart_at = None
-        child.history.append(child.process.pid)
         log(
             logging.INFO,
             "service started",

@@ -96,15 +96,11 @@ class JobStore:
         self.prefix = settings.key_prefix
         self.intermediate_ttl = settings.intermediate_ttl_s
         self.result_ttl = settings.result_ttl_s
-        self.pending_ttl = settings.result_ttl_s
         self.stream = f"{self.prefix}:jobs"
         self.epoch_key = f"{self.prefix}:epoch"
 
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.prefix}:{kind}:{job_id}"
-
-    def ping(self) -> bool:
-        return bool(self.client.ping())
 
     # Intermediates.
 
@@ -166,7 +162,7 @@ class JobStore:
         return None if data is None else data.decode()
 
     def mark_pending(self, job_id: str) -> None:
-        self.client.set(self._key("job", job_id), b"pending", ex=self.pending_ttl)
+        self.client.set(self._key("job", job_id), b"pending", ex=self.result_ttl)
 
     def is_pending(self, job_id: str) -> bool:
         return bool(self.client.exists(self._key("job", job_id)))
