@@ -17,9 +17,7 @@ the box so they never hide its edge.
 from __future__ import annotations
 
 import functools
-import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .imaging import RGBImage
-from .results import Face, ImageResult
+from .results import Face, ImageResult, write_atomic
 
 __all__ = [
     "ANNOTATED_SUFFIX",
@@ -36,6 +34,7 @@ __all__ = [
     "annotate",
     "annotated_path",
     "face_label",
+    "gender_colour",
     "label_text",
     "place_labels",
     "write_annotated",
@@ -50,6 +49,13 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 _COLOURS = {"F": (255, 150, 60), "M": (70, 170, 255)}
 _OTHER_COLOUR = (255, 215, 70)
+
+
+def gender_colour(gender: str) -> tuple[int, int, int]:
+    """The RGB colour of a face of `gender` (Female, Male, anything else), in images and reports."""
+    return _COLOURS.get(gender[:1].upper(), _OTHER_COLOUR)
+
+
 _INK = (16, 16, 16)
 _MIN_FONT = 7
 # JPEG cannot store a side above 65535 pixels.
@@ -181,22 +187,24 @@ def _text_size(text: str, font: Font, pad: int) -> tuple[int, int]:
     return round(right - left) + 2 * pad, round(ascent + descent) + pad
 
 
-def _fit_label(face: Face, font_size: int, width: int, height: int) -> tuple[str, Font, int] | None:
-    """The label text, font and padding that fit the image: full, else short, else smaller."""
+def _fit_label(
+    face: Face, font_size: int, width: int, height: int
+) -> tuple[str, Font, int, tuple[int, int]] | None:
+    """The label text, font, padding and size that fit the image: full, else short, else smaller."""
+    font = _font(font_size)
+    pad = max(1, round(font_size * 0.3))
     for short in (False, True):
         text = face_label(face, short)
-        font = _font(font_size)
-        pad = max(1, round(font_size * 0.3))
         w, h = _text_size(text, font, pad)
         if w <= width and h <= height:
-            return text, font, pad
+            return text, font, pad, (w, h)
     scale = min(width / w, height / h)
     size = int(font_size * scale)
     while size >= _MIN_FONT:
         font, pad = _font(size), max(1, round(size * 0.3))
         w, h = _text_size(text, font, pad)
         if w <= width and h <= height:
-            return text, font, pad
+            return text, font, pad, (w, h)
         size -= 1
     return None
 
@@ -216,11 +224,11 @@ def annotate(image: RGBImage | Image.Image, faces: Sequence[Face]) -> Image.Imag
         for f, s in zip(faces, styles, strict=True)
     ]
     labels = [_fit_label(face, font_size, width, height) for face in faces]
-    sizes = [None if label is None else _text_size(label[0], label[1], label[2]) for label in labels]
+    sizes = [None if label is None else label[3] for label in labels]
     spots = place_labels((width, height), outer, sizes)
 
-    for face, style, box in zip(faces, styles, outer, strict=True):
-        colour = _COLOURS.get(face.gender[:1].upper(), _OTHER_COLOUR)
+    colours = [gender_colour(face.gender) for face in faces]
+    for colour, face, style, box in zip(colours, faces, styles, outer, strict=True):
         if style.line >= 3:  # a dark rim keeps a light line visible on a light background
             draw.rectangle((box[0] - 1, box[1] - 1, box[2], box[3]), outline=_INK, width=1)
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=colour, width=style.line)
@@ -230,11 +238,10 @@ def annotate(image: RGBImage | Image.Image, faces: Sequence[Face]) -> Image.Imag
                 draw.ellipse((x - 1, y - 1, x + 1, y + 1), fill=colour)
             else:
                 draw.ellipse((x - r, y - r, x + r, y + r), fill=colour, outline=_INK, width=max(1, r // 3))
-    for face, label, spot in zip(faces, labels, spots, strict=True):
+    for colour, label, spot in zip(colours, labels, spots, strict=True):
         if label is None or spot is None:
             continue
-        text, font, pad = label
-        colour = _COLOURS.get(face.gender[:1].upper(), _OTHER_COLOUR)
+        text, font, pad, _ = label
         draw.rectangle((spot[0], spot[1], spot[2] - 1, spot[3] - 1), fill=colour)
         left = font.getbbox(text)[0]
         draw.text((spot[0] + pad - left, spot[1] + pad // 2), text, font=font, fill=_INK)
@@ -249,12 +256,4 @@ def write_annotated(path: Path, image: RGBImage | Image.Image | None, result: Im
     canvas = annotate(image, result.faces)
     if max(canvas.size) > _JPEG_MAX_SIDE:
         canvas.thumbnail((_JPEG_MAX_SIDE, _JPEG_MAX_SIDE))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            canvas.save(f, "JPEG", quality=90, subsampling=0)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: canvas.save(f, "JPEG", quality=90, subsampling=0))

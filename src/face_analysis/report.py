@@ -28,13 +28,21 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from .annotate import ANNOTATED_SUFFIX, annotated_path, label_text
+from .annotate import ANNOTATED_SUFFIX, annotated_path, gender_colour, label_text
+from .results import write_atomic
 
 __all__ = ["ReportSummary", "ResultFile", "find_results", "render_report", "write_report"]
 
 THUMBNAIL_SIDE = 320
-_GENDER_COLOURS = {"Female": "#ff963c", "Male": "#46aaff"}
-_OTHER_COLOUR = "#ffd746"
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#" + bytes(rgb).hex()
+
+
+# The colours of the labels drawn on the images.
+_GENDER_COLOURS = {gender: _hex(gender_colour(gender)) for gender in ("Female", "Male")}
+_OTHER_COLOUR = _hex(gender_colour(""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +94,7 @@ def write_report(folder: Path, output: Path | None = None, title: str | None = N
     output = output or folder / "report.html"
     results = find_results(folder)
     text = render_report(results, output.parent, title or f"Face analysis: {folder.resolve().name}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, output)
+    write_atomic(output, lambda f: f.write(text.encode("utf-8")))
     return ReportSummary(
         path=output,
         images=len(results),

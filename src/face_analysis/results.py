@@ -12,11 +12,11 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import AnalysisError, ErrorCode
 
@@ -27,6 +27,7 @@ __all__ = [
     "ImageResult",
     "ResultError",
     "output_names",
+    "write_atomic",
     "write_json_atomic",
 ]
 
@@ -118,12 +119,20 @@ class ImageResult:
 
 
 def write_json_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    """Write `text` (UTF-8) atomically, as `write_atomic` does."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file.
+
+    `write` fills the open binary file; the result is readable by everyone the umask allows.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             # mkstemp makes the file private (0600); results are for everyone the umask allows.
             umask = os.umask(0)
             os.umask(umask)
