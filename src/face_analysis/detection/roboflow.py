@@ -28,6 +28,7 @@ in the pixels of the image the server received.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import http.client
 import json
@@ -80,7 +81,6 @@ _SNIPPET = 200  # characters of an error answer quoted in a message
 _KEY_PARAM = re.compile(r"(api_key=)[^&\s'\"]*", re.IGNORECASE)
 _AUTH_HINT = f"check the key in ${ROBOFLOW_API_KEY_ENV} and that it may use this model"
 _CLIENT_HINTS = {
-    400: "the API refused the request",
     402: "the Roboflow plan's limit or quota is reached",
     404: "no such model or version: check the Roboflow model id and version",
     413: "the upload is too large: lower max_upload_side / max_upload_bytes",
@@ -363,12 +363,10 @@ def _malformed(what: str) -> NoReturn:
 
 def _number(item: dict[str, Any], key: str) -> float:
     value = item.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        _malformed(f"prediction (its {key!r} is {value!r})")
-    try:
-        number = float(value)
-    except ValueError:
-        _malformed(f"prediction (its {key!r} is {value!r})")
+    number = math.nan
+    if not isinstance(value, bool) and isinstance(value, int | float | str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
     if not math.isfinite(number):
         _malformed(f"prediction (its {key!r} is {value!r})")
     return number
@@ -384,11 +382,10 @@ def _predictions(answer: dict[str, Any]) -> list[dict[str, Any]]:
 def _served_size(answer: dict[str, Any], sent: tuple[int, int]) -> tuple[float, float]:
     """The size of the image the server saw (its answer's ``image``), else the size we sent."""
     image = answer.get("image")
-    if isinstance(image, dict):
-        try:
-            width, height = float(image["width"]), float(image["height"])
-        except (KeyError, TypeError, ValueError):
-            return float(sent[0]), float(sent[1])
-        if math.isfinite(width) and math.isfinite(height) and width >= 1 and height >= 1:
-            return width, height
+    try:
+        width, height = float(image["width"]), float(image["height"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return float(sent[0]), float(sent[1])
+    if math.isfinite(width) and math.isfinite(height) and width >= 1 and height >= 1:
+        return width, height
     return float(sent[0]), float(sent[1])
