@@ -10,7 +10,6 @@ Tests that need the models fail (never skip) when the models are missing: CI alw
 
 from __future__ import annotations
 
-import io
 import json
 import struct
 import zlib
@@ -25,9 +24,9 @@ from PIL import Image
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
 from face_analysis.models import ModelPaths
+from services_support import ASTRONAUT, encode
 
-DATA_DIR = Path(__file__).parent / "data"
-ASTRONAUT_PATH = DATA_DIR / "astronaut.jpg"
+ASTRONAUT_PATH = ASTRONAUT
 # Where the face is in astronaut.jpg (x1, y1, x2, y2), checked by eye and by the detector.
 ASTRONAUT_FACE = (180, 58, 271, 176)
 SCHEMA_PATH = Path(__file__).parents[1] / "src" / "face_analysis" / "schema" / "result.schema.json"
@@ -70,12 +69,6 @@ def upright_crop(astronaut_rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return astronaut_rgb[:EXIF_CROP_HEIGHT]
 
 
-def _encode(image: Image.Image, format: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
 def _exif_rotated_jpeg(upright: Image.Image, orientation: int) -> bytes:
     """A JPEG whose stored pixels are rotated; its EXIF orientation tag turns them upright again.
 
@@ -85,7 +78,7 @@ def _exif_rotated_jpeg(upright: Image.Image, orientation: int) -> bytes:
     stored = upright.transpose({6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation  # Orientation
-    return _encode(stored, "JPEG", quality=95, exif=exif)
+    return encode(stored, "JPEG", quality=95, exif=exif)
 
 
 def _png_claiming(width: int, height: int) -> bytes:
@@ -107,7 +100,7 @@ def _sixteen_bit_png(rgb: NDArray[np.uint8]) -> bytes:
     grey = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16) * 257  # full 16-bit range
     image = Image.fromarray(grey)
     assert image.mode == "I;16", image.mode
-    return _encode(image, "PNG")
+    return encode(image, "PNG")
 
 
 def _rgba_png(rgb: NDArray[np.uint8]) -> bytes:
@@ -115,7 +108,7 @@ def _rgba_png(rgb: NDArray[np.uint8]) -> bytes:
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
     rgba[:, :100] = (0, 0, 0, 0)
     rgba[-100:] = (0, 0, 0, 0)
-    return _encode(Image.fromarray(rgba), "PNG")
+    return encode(Image.fromarray(rgba), "PNG")
 
 
 def _animated_gif(rgb: NDArray[np.uint8]) -> bytes:
@@ -125,7 +118,7 @@ def _animated_gif(rgb: NDArray[np.uint8]) -> bytes:
         Image.new("RGB", (512, 512), (255, 0, 0)),
         Image.new("RGB", (512, 512), "blue"),
     ]
-    return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
 def make_samples(rgb: NDArray[np.uint8]) -> dict[str, bytes]:
@@ -136,19 +129,19 @@ def make_samples(rgb: NDArray[np.uint8]) -> dict[str, bytes]:
     return {
         # Decodable: each must come out as the upright astronaut.
         "jpeg": jpeg,
-        "png": _encode(image, "PNG"),
-        "webp": _encode(image, "WEBP", quality=90),
-        "bmp": _encode(image, "BMP"),
-        "tiff": _encode(image, "TIFF"),
-        "gif": _encode(image, "GIF"),
-        "cmyk_jpeg": _encode(image.convert("CMYK"), "JPEG", quality=95),
+        "png": encode(image, "PNG"),
+        "webp": encode(image, "WEBP", quality=90),
+        "bmp": encode(image, "BMP"),
+        "tiff": encode(image, "TIFF"),
+        "gif": encode(image, "GIF"),
+        "cmyk_jpeg": encode(image.convert("CMYK"), "JPEG", quality=95),
         "png16": _sixteen_bit_png(rgb),
         "rgba_png": _rgba_png(rgb),
-        "grey_jpeg": _encode(image.convert("L"), "JPEG", quality=95),
+        "grey_jpeg": encode(image.convert("L"), "JPEG", quality=95),
         "animated_gif": _animated_gif(rgb),
         "exif6_jpeg": _exif_rotated_jpeg(upright, 6),
         "exif8_jpeg": _exif_rotated_jpeg(upright, 8),
-        "one_pixel_png": _encode(Image.new("RGB", (1, 1), (200, 150, 100)), "PNG"),
+        "one_pixel_png": encode(Image.new("RGB", (1, 1), (200, 150, 100)), "PNG"),
         # Not analysable.
         "empty": b"",
         "text_as_jpeg": b"This is not a picture, just some text in a file named .jpg\n" * 4,

@@ -153,6 +153,11 @@ class Services:
     def alive(self, name: str) -> bool:
         return self.processes[name].poll() is None
 
+    def assert_serving(self, name: str, timeout_s: float = 5) -> None:
+        """The service's process still runs and answers its health check."""
+        assert self.alive(name), f"{name} exited"
+        wait_healthy(address(self.env, name), timeout_s)
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services_support import Services, redis_server, service_environment
+from services_support import SERVICE_NAMES, Services, address, redis_server, service_environment
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +38,27 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 @pytest.fixture(scope="session")
 def output_dir(services: Services) -> Path:
     return Path(services.env["FACE_ANALYSIS_OUTPUT_DIR"])
+
+
+# The services' packages (gRPC, Redis) are imported in the fixtures: the other integration tests
+# here run without them.
+
+
+@pytest.fixture(scope="session")
+def store(services: Services) -> Any:
+    """The services' Redis, as they see it (a JobStore)."""
+    from face_analysis.services.settings import Settings
+    from face_analysis.services.store import JobStore
+
+    return JobStore(Settings.from_env(services.env))
+
+
+@pytest.fixture(scope="session")
+def channels(services: Services) -> Iterator[dict[str, Any]]:
+    """A gRPC channel to each service, by name."""
+    import grpc
+
+    opened = {name: grpc.insecure_channel(address(services.env, name)) for name in SERVICE_NAMES}
+    yield opened
+    for channel in opened.values():
+        channel.close()

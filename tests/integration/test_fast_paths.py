@@ -19,7 +19,6 @@ import pytest
 from numpy.typing import NDArray
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
-from face_analysis.attributes import AgeGenderEstimator
 from face_analysis.detection import CenterFace
 from face_analysis.detection.centerface import input_blob
 from face_analysis.models import INT8_MODELS, MODELS, ModelPaths, sha256_of
@@ -106,24 +105,22 @@ def test_classifier_int8_build_is_deterministic_and_keeps_the_head_fp32(
 
 
 def test_installed_int8_models_are_the_pinned_builds_and_used_by_default_where_they_keep_accuracy(
-    int8_paths: ModelPaths, int8_analyzer: Analyzer
+    int8_paths: ModelPaths, int8_analyzer: Analyzer, analyzer: Analyzer, fp32_analyzer: Analyzer
 ) -> None:
     for name, spec in INT8_MODELS.items():
         assert sha256_of(int8_paths.int8[name]) == spec.sha256
         assert int8_analyzer._models[name].startswith(spec.filename)
-    folder = int8_paths.centerface.parent
-    default = Analyzer(AnalyzerConfig(threads=1, model_dir=folder))
     for name in INT8_MODELS:
         expected = INT8_MODELS[name] if cpu_has_int8_dot_product() else MODELS[name]
-        assert default._models[name].startswith(expected.filename)
+        assert analyzer._models[name].startswith(expected.filename)
+    folder = int8_paths.centerface.parent
+    assert fp32_analyzer._models["centerface"].startswith("centerface.onnx")
     for config in (
-        AnalyzerConfig(threads=1, model_dir=folder, precision="fp32"),
         AnalyzerConfig(threads=1, model_dir=folder, preset="accurate"),
         AnalyzerConfig(threads=1, model_dir=folder, detect_size=1024),
     ):
         assert Analyzer(config)._models["centerface"].startswith("centerface.onnx")
-    fp32 = Analyzer(AnalyzerConfig(threads=1, model_dir=folder, precision="fp32"))
-    assert [fp32._models[name] for name in ("age", "gender")] == [
+    assert [fp32_analyzer._models[name] for name in ("age", "gender")] == [
         f"{MODELS[name].filename}@{MODELS[name].sha256[:12]}" for name in ("age", "gender")
     ]
 
@@ -144,7 +141,6 @@ def test_corrupt_int8_is_refused_with_the_fix(model_paths: ModelPaths, tmp_path:
 
 
 def test_int8_and_fp32_find_the_same_faces(
-    int8_paths: ModelPaths,
     int8_analyzer: Analyzer,
     fp32_analyzer: Analyzer,
     astronaut_path: Path,
@@ -161,16 +157,13 @@ def test_int8_and_fp32_find_the_same_faces(
 
 
 def test_int8_age_and_gender_agree_with_fp32_on_the_same_faces(
-    int8_paths: ModelPaths, fp32_analyzer: Analyzer, group_image: GroupImage
+    int8_analyzer: Analyzer, fp32_analyzer: Analyzer, group_image: GroupImage
 ) -> None:
     image = fp32_analyzer.load(group_image.path)
     detections = fp32_analyzer.detect(image)
     assert len(detections) == len(group_image.boxes)
-    int8 = AgeGenderEstimator(int8_paths.int8["age"], int8_paths.int8["gender"], threads=2)
     for fp32_face, int8_face in zip(
-        fp32_analyzer.estimate(image, detections),
-        int8.estimate(image, [d.landmarks for d in detections if d.landmarks is not None]),
-        strict=True,
+        fp32_analyzer.estimate(image, detections), int8_analyzer.estimate(image, detections), strict=True
     ):
         assert int8_face.gender == fp32_face.gender
         assert abs(int8_face.age_years - fp32_face.age_years) < 2.5

@@ -13,7 +13,6 @@ import base64
 import io
 import json
 import logging
-import socket
 import threading
 import time
 import urllib.parse
@@ -34,6 +33,7 @@ from face_analysis import Analyzer, AnalyzerConfig, ErrorCode, ImageResult
 from face_analysis.cli import main
 from face_analysis.detection.roboflow import RoboflowDetector, RoboflowSettings, _retry_after
 from face_analysis.models import ModelPaths
+from services_support import free_port
 
 KEY = "rf-TEST-key-8c1f2e0a9d"  # must never show up in a result, a message or a log line
 MODEL, VERSION = "faces-abc", 3
@@ -379,9 +379,7 @@ def test_404_names_the_model_and_is_not_retried(
 def test_connection_refused_is_an_error_result(
     analyze: Callable[..., ImageResult], astronaut_path: Path
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     result = analyze(astronaut_path, settings(f"http://127.0.0.1:{port}", retries=1))
     assert result.error is not None and result.error.code == ErrorCode.DETECTOR_UNAVAILABLE
     assert "connection failed" in result.error.message

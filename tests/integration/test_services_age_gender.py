@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import numpy as np
 import pytest
@@ -16,28 +14,18 @@ from face_analysis.services.generated import (
     landmark_detection_pb2,
     landmark_detection_pb2_grpc,
 )
-from face_analysis.services.settings import Settings
 from face_analysis.services.store import JobStore, api_job_id
-from services_support import Services, address, astronaut, encode, wait_healthy
-
-
-@pytest.fixture(scope="module")
-def store(services: Services) -> JobStore:
-    return JobStore(Settings.from_env(services.env))
+from services_support import Services, astronaut, encode
 
 
 @pytest.fixture(scope="module")
 def stubs(
-    services: Services,
-) -> Iterator[tuple[landmark_detection_pb2_grpc.FaceLandmarkStub, age_gender_pb2_grpc.AgeGenderStub]]:
-    with (
-        grpc.insecure_channel(address(services.env, "face-landmark")) as landmark,
-        grpc.insecure_channel(address(services.env, "age-gender")) as age_gender,
-    ):
-        yield (
-            landmark_detection_pb2_grpc.FaceLandmarkStub(landmark),
-            age_gender_pb2_grpc.AgeGenderStub(age_gender),
-        )
+    channels: dict[str, grpc.Channel],
+) -> tuple[landmark_detection_pb2_grpc.FaceLandmarkStub, age_gender_pb2_grpc.AgeGenderStub]:
+    return (
+        landmark_detection_pb2_grpc.FaceLandmarkStub(channels["face-landmark"]),
+        age_gender_pb2_grpc.AgeGenderStub(channels["age-gender"]),
+    )
 
 
 def test_estimate_stores_the_libraries_estimates(stubs, store: JobStore, analyzer: Analyzer) -> None:  # type: ignore[no-untyped-def]
@@ -108,5 +96,4 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(  # type: igno
     with pytest.raises(grpc.RpcError) as caught:
         age_gender.Estimate(age_gender_pb2.EstimateRequest(job_id=job_id), timeout=30)
     assert caught.value.code() == status
-    assert services.alive("age-gender")
-    wait_healthy(address(services.env, "age-gender"), 5)
+    services.assert_serving("age-gender")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -20,23 +19,8 @@ from face_analysis.services.generated import (
     landmark_detection_pb2,
     landmark_detection_pb2_grpc,
 )
-from face_analysis.services.settings import Settings
 from face_analysis.services.store import JobStore, api_job_id
-from services_support import Services, address, astronaut, comparable, encode, wait_healthy
-
-
-@pytest.fixture(scope="module")
-def store(services: Services) -> JobStore:
-    return JobStore(Settings.from_env(services.env))
-
-
-@pytest.fixture(scope="module")
-def channels(services: Services) -> Iterator[dict[str, grpc.Channel]]:
-    names = ("face-landmark", "age-gender", "data-storage")
-    opened = {name: grpc.insecure_channel(address(services.env, name)) for name in names}
-    yield opened
-    for channel in opened.values():
-        channel.close()
+from services_support import Services, astronaut, comparable, encode
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +120,7 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(  # type: igno
     assert caught.value.code() == status
     assert not (output_dir / "bad-request.json").exists()
     assert not (output_dir.parent / "escape.json").exists()
-    assert services.alive("data-storage")
-    wait_healthy(address(services.env, "data-storage"), 5)
+    services.assert_serving("data-storage")
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import numpy as np
 import pytest
@@ -11,20 +9,13 @@ import pytest
 from face_analysis import Analyzer
 from face_analysis.services.convert import detections_from_proto
 from face_analysis.services.generated import landmark_detection_pb2, landmark_detection_pb2_grpc
-from face_analysis.services.settings import Settings
 from face_analysis.services.store import JobStore, api_job_id
-from services_support import Services, address, astronaut, encode, wait_healthy
+from services_support import Services, astronaut, encode
 
 
 @pytest.fixture(scope="module")
-def store(services: Services) -> JobStore:
-    return JobStore(Settings.from_env(services.env))
-
-
-@pytest.fixture(scope="module")
-def stub(services: Services) -> Iterator[landmark_detection_pb2_grpc.FaceLandmarkStub]:
-    with grpc.insecure_channel(address(services.env, "face-landmark")) as channel:
-        yield landmark_detection_pb2_grpc.FaceLandmarkStub(channel)
+def stub(channels: dict[str, grpc.Channel]) -> landmark_detection_pb2_grpc.FaceLandmarkStub:
+    return landmark_detection_pb2_grpc.FaceLandmarkStub(channels["face-landmark"])
 
 
 def test_detect_stores_the_libraries_detections(stub, store: JobStore, analyzer: Analyzer) -> None:  # type: ignore[no-untyped-def]
@@ -77,5 +68,4 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(  # type: igno
     with pytest.raises(grpc.RpcError) as caught:
         stub.Detect(landmark_detection_pb2.DetectRequest(job_id=job_id), timeout=30)
     assert caught.value.code() == status
-    assert services.alive("face-landmark")
-    wait_healthy(address(services.env, "face-landmark"), 5)
+    services.assert_serving("face-landmark")

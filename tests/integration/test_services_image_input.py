@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,14 +19,14 @@ from services_support import (
     encode,
     free_port,
     metrics_url,
+    wait_for,
     wait_healthy,
 )
 
 
 @pytest.fixture(scope="module")
-def api(services: Services) -> Iterator[image_input_pb2_grpc.ImageInputStub]:
-    with grpc.insecure_channel(address(services.env, "image-input")) as channel:
-        yield image_input_pb2_grpc.ImageInputStub(channel)
+def api(channels: dict[str, grpc.Channel]) -> image_input_pb2_grpc.ImageInputStub:
+    return image_input_pb2_grpc.ImageInputStub(channels["image-input"])
 
 
 def test_analyze_returns_the_embedded_modes_result(api, analyzer: Analyzer) -> None:  # type: ignore[no-untyped-def]
@@ -53,14 +51,15 @@ def test_an_image_that_fails_to_decode_fully_gets_an_error_result(api) -> None: 
 def test_submit_then_get_result(api, analyzer: Analyzer) -> None:  # type: ignore[no-untyped-def]
     data = encode(astronaut().resize((160, 160)), "PNG")
     job_id = api.Submit(image_input_pb2.SubmitRequest(image=data, name="queued.png"), timeout=30).job_id
-    deadline = time.monotonic() + 60
-    while True:
-        status = api.GetResult(aggregator_pb2.GetResultRequest(job_id=job_id), timeout=30)
-        if status.state == image_input_pb2.JobStatus.DONE or time.monotonic() > deadline:
-            break
-        assert status.state == image_input_pb2.JobStatus.PENDING
-        time.sleep(0.1)
-    assert status.state == image_input_pb2.JobStatus.DONE
+    seen = []
+
+    def done() -> bool:
+        seen.append(api.GetResult(aggregator_pb2.GetResultRequest(job_id=job_id), timeout=30))
+        assert seen[-1].state in (image_input_pb2.JobStatus.PENDING, image_input_pb2.JobStatus.DONE)
+        return bool(seen[-1].state == image_input_pb2.JobStatus.DONE)
+
+    wait_for(done, 60, "the submitted job to be done")
+    status = seen[-1]
     assert comparable(status.result.json) == comparable(
         analyzer.analyze(data, image_id="queued.png").to_json()
     )
@@ -94,8 +93,7 @@ def test_bad_requests_get_a_clear_status_and_the_service_stays_up(  # type: igno
     with pytest.raises(grpc.RpcError) as caught:
         getattr(api, method)(request_type(image=data, name=name), timeout=30)
     assert caught.value.code() == status
-    assert services.alive("image-input")
-    wait_healthy(address(services.env, "image-input"), 5)
+    services.assert_serving("image-input")
 
 
 @pytest.mark.parametrize(
