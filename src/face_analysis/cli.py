@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .batch import PlanError, needs_analysis, plan_jobs, run_jobs
 from .detection import roboflow
 from .errors import ModelError
-from .models import INT8_MODELS, MODEL_DIR_ENV, ModelPaths, build_int8_models, default_model_dir, fetch_models
+from .models import INT8_BUILDS, MODEL_DIR_ENV, ModelPaths, build_int8_models, default_model_dir, fetch_models
 from .pipeline import PRECISIONS, AnalyzerConfig, Precision
 from .report import write_report
 from .results import write_json_atomic
@@ -163,7 +163,8 @@ def _roboflow_settings(
     "(~2x faster, same UTKFace accuracy) and the detector in the fast preset up to "
     "--detect-size 640 (1.4-2.4x faster, same WIDER AP; UTKFace age MAE 6.0 y instead of "
     "5.9); with --runtime openvino the fp32 models in bf16 where the CPU has it. fp32: the "
-    "original models everywhere. int8: every int8 model on any CPU (an error if one is not "
+    "original models everywhere. int8: every int8 model on any CPU, in the build it computes "
+    "exactly (7-bit weights on CPUs without int8 dot products; an error if one is not "
     f"built) [env {PRECISION_ENV}].",
 )
 @click.option(
@@ -328,23 +329,27 @@ def models_verify(model_dir: Path | None) -> None:
         sys.exit(3)
     for path in (paths.centerface, paths.age, paths.gender):
         click.echo(f"ok {path}")
-    for name, spec in INT8_MODELS.items():
-        if name in paths.int8:
-            click.echo(f"ok {paths.int8[name]}")
-        else:
-            click.echo(f"{spec.filename} not built (or not verified): fp32 in use; see `models quantize`")
+    for build, specs in INT8_BUILDS.items():
+        built = ModelPaths.resolve(model_dir, build).int8
+        use = "this CPU's int8 build" if build == paths.int8_build else "for other CPUs"
+        for name, spec in specs.items():
+            if name in built:
+                click.echo(f"ok {built[name]} ({use})")
+            else:
+                click.echo(f"{spec.filename} not built (or not verified; {use}): see `models quantize`")
 
 
 @models.command("quantize")
 @_model_dir_option
 def models_quantize(model_dir: Path | None) -> None:
-    """Build the int8 models (centerface-int8.onnx, age-int8.onnx, gender-int8.onnx) from the
-    fp32 ones, offline.
+    """Build the int8 models from the fp32 ones, offline.
 
     Static int8 (per-channel weights, QDQ), calibrated only on augmentations of the
     repository's public-domain photo tests/data/astronaut.jpg; deterministic, and each installed
-    only if its SHA-256 is the pinned one. `analyze` then uses them (see --precision).
-    About 1 min on one core.
+    only if its SHA-256 is the pinned one. Two builds: centerface-int8.onnx, age-int8.onnx,
+    gender-int8.onnx (8-bit weights, for CPUs with int8 dot products: VNNI, AMX, Arm dotprod)
+    and the same with -w7 (7-bit weights, which CPUs without them compute exactly). `analyze`
+    then uses them (see --precision). About 2 min on one core.
     """
     try:
         built = build_int8_models(model_dir)

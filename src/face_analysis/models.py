@@ -12,6 +12,7 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -21,7 +22,9 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from .cpu import cpu_has_int8_dot_product
 from .errors import ModelError
 
 # onnxruntime may send usage telemetry unless told not to; the analysis stays offline.
@@ -35,10 +38,13 @@ from onnx import numpy_helper
 ort.disable_telemetry_events()
 
 __all__ = [
+    "INT8_BUILDS",
     "INT8_MODELS",
+    "INT8_W7_MODELS",
     "MODELS",
     "MODEL_DIR_ENV",
     "BuiltModel",
+    "Int8Build",
     "ModelPaths",
     "ModelSpec",
     "build_int8_models",
@@ -46,6 +52,7 @@ __all__ = [
     "default_model_dir",
     "denormal_mask",
     "fetch_models",
+    "int8_build_for_cpu",
     "load_model",
     "sha256_of",
 ]
@@ -93,16 +100,18 @@ MODELS: dict[str, ModelSpec] = {
 @dataclass(frozen=True, slots=True)
 class BuiltModel:
     """A model built on the user's machine from the fp32 model of the same name (whose licence it
-    keeps), and the checksum the build must have."""
+    keeps), and the checksum the build must have. weight_bits: 8, or 7 for the build that
+    CPUs without int8 dot products compute exactly."""
 
     filename: str
     sha256: str
+    weight_bits: Literal[7, 8] = 8
 
 
 # The int8 models are not downloaded: `face-analysis models quantize` builds them from the fp32
-# files (face_analysis.quantize; deterministic, calibrated only on tests/data/astronaut.jpg). The
-# checksums are those of builds with onnxruntime 1.32 / onnx 1.23; another toolchain may produce
-# other bytes, and then the build is refused and the fp32 model is used.
+# files (face_analysis.quantize; deterministic, calibrated only on the package's astronaut photo).
+# The checksums are those of builds with onnxruntime 1.32 / onnx 1.23; another toolchain may
+# produce other bytes, and then the build is refused and the fp32 model is used.
 INT8_MODELS: dict[str, BuiltModel] = {
     "centerface": BuiltModel(
         filename="centerface-int8.onnx",
@@ -117,6 +126,35 @@ INT8_MODELS: dict[str, BuiltModel] = {
         sha256="2fb5d94591b552642057ac36628e65888cbc467b8aba01c62f5313cd6df01f6b",
     ),
 }
+# The same models with 7-bit weights (|w| <= 64): two products of an 8-bit activation and such a
+# weight never pass 32767, so the u8s8 kernels of CPUs without int8 dot products (AVX2, AVX-512
+# without VNNI), which add such pairs in saturating 16-bit sums, compute them exactly. With full
+# 8-bit weights those kernels saturate (measured under AVX2 emulation: 17 % of age argmaxes kept).
+INT8_W7_MODELS: dict[str, BuiltModel] = {
+    "centerface": BuiltModel(
+        filename="centerface-int8-w7.onnx",
+        sha256="52c9212f04784974067154404e415f98bd2961101f5f3341de5cbc6a66a1427c",
+        weight_bits=7,
+    ),
+    "age": BuiltModel(
+        filename="age-int8-w7.onnx",
+        sha256="dcf40a8fd8310c93942029e3752e6ff45e823c90cb1e5c61b5f4bb03c04e08a6",
+        weight_bits=7,
+    ),
+    "gender": BuiltModel(
+        filename="gender-int8-w7.onnx",
+        sha256="7ce83d71f703e272201a7c0ffe8f4d3c995b7e404d899733455de0d217bfcfee",
+        weight_bits=7,
+    ),
+}
+Int8Build = Literal["int8", "int8-w7"]
+INT8_BUILDS: dict[Int8Build, dict[str, BuiltModel]] = {"int8": INT8_MODELS, "int8-w7": INT8_W7_MODELS}
+
+
+def int8_build_for_cpu() -> Int8Build:
+    """The int8 build this CPU computes exactly: full 8-bit weights where it has int8 dot
+    products (VNNI, AMX, Arm dotprod), else 7-bit weights."""
+    return "int8" if cpu_has_int8_dot_product() else "int8-w7"
 
 
 def default_model_dir() -> Path:
@@ -137,24 +175,27 @@ def sha256_of(path: Path) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ModelPaths:
-    """Verified paths of the three model files, and of those int8 models that are built."""
+    """Verified paths of the three model files, and of those models of one int8 build that are built."""
 
     centerface: Path
     age: Path
     gender: Path
     int8: Mapping[str, Path] = field(default_factory=dict)  # name (as in INT8_MODELS) -> path
+    int8_build: Int8Build = "int8"
 
     @classmethod
-    def resolve(cls, model_dir: Path | None = None) -> ModelPaths:
+    def resolve(cls, model_dir: Path | None = None, int8_build: Int8Build | None = None) -> ModelPaths:
         """Find every model in `model_dir` (default: :func:`default_model_dir`) and verify it.
 
-        An int8 model that is missing or does not verify is left out of `int8`.
+        `int8_build` (default: the one this CPU computes exactly, `int8_build_for_cpu`) says which
+        int8 files count; one that is missing or does not verify is left out of `int8`.
 
         Raises:
             ModelError: an fp32 file is missing or its checksum is wrong; the message says how
                 to fix it.
         """
         folder = model_dir or default_model_dir()
+        build = int8_build or int8_build_for_cpu()
         found: dict[str, Path] = {}
         for name, spec in MODELS.items():
             path = folder / spec.filename
@@ -165,15 +206,20 @@ class ModelPaths:
             found[name] = path
         int8 = {
             name: folder / spec.filename
-            for name, spec in INT8_MODELS.items()
+            for name, spec in INT8_BUILDS[build].items()
             if (folder / spec.filename).is_file() and sha256_of(folder / spec.filename) == spec.sha256
         }
-        return cls(**found, int8=int8)
+        return cls(**found, int8=int8, int8_build=build)
+
+    @property
+    def int8_specs(self) -> dict[str, BuiltModel]:
+        """The pinned files of this `int8_build`, by name."""
+        return INT8_BUILDS[self.int8_build]
 
     def require_int8(self, names: Sequence[str]) -> dict[str, Path]:
         """The verified int8 models `names`; raises `ModelError` naming the fix when one is not built."""
         missing = [
-            self.centerface.parent / INT8_MODELS[name].filename for name in names if name not in self.int8
+            self.centerface.parent / self.int8_specs[name].filename for name in names if name not in self.int8
         ]
         if missing:
             raise ModelError(
@@ -221,8 +267,11 @@ def fetch_models(model_dir: Path | None = None) -> Path:
 
 
 def build_int8_models(model_dir: Path | None = None) -> list[Path]:
-    """Build the int8 models (`INT8_MODELS`) from the verified fp32 ones; those already built are
-    kept. Returns their paths.
+    """Build every int8 model (`INT8_BUILDS`: full 8-bit and 7-bit weights) from the verified fp32
+    ones; those already built are kept. Returns their paths.
+
+    Both builds are made whatever this CPU is, so that a model folder (or a container image)
+    serves any CPU it is taken to.
 
     Raises:
         ModelError: an fp32 model is missing, or a build's sha256 is not the pinned one (another
@@ -230,18 +279,22 @@ def build_int8_models(model_dir: Path | None = None) -> list[Path]:
     """
     from .quantize import quantize_centerface, quantize_classifier
 
-    paths = ModelPaths.resolve(model_dir)
-    builders: dict[str, Callable[[Path], Path]] = {
-        "centerface": lambda out: quantize_centerface(paths.centerface, out),
-        "age": lambda out: quantize_classifier(paths.age, out, "age"),
-        "gender": lambda out: quantize_classifier(paths.gender, out, "gender"),
-    }
     built: list[Path] = []
-    for name, spec in INT8_MODELS.items():
-        target = paths.centerface.parent / spec.filename
-        if name not in paths.int8:
-            _install_build(builders[name], spec, target)
-        built.append(target)
+    for build, specs in INT8_BUILDS.items():
+        paths = ModelPaths.resolve(model_dir, build)
+        for name, spec in specs.items():
+            target = paths.centerface.parent / spec.filename
+            if name not in paths.int8:
+                bits = spec.weight_bits
+                makers: dict[str, Callable[[Path], Path]] = {
+                    "centerface": functools.partial(quantize_centerface, paths.centerface, weight_bits=bits),
+                    "age": functools.partial(quantize_classifier, paths.age, kind="age", weight_bits=bits),
+                    "gender": functools.partial(
+                        quantize_classifier, paths.gender, kind="gender", weight_bits=bits
+                    ),
+                }
+                _install_build(makers[name], spec, target)
+            built.append(target)
     return built
 
 
@@ -255,7 +308,7 @@ def _install_build(build: Callable[[Path], Path], spec: BuiltModel, target: Path
                 f"(onnxruntime {ort.__version__}; the pins are for the `quantize` extra's versions: "
                 "pip install 'face-analysis[quantize]'): not installed, the fp32 model stays in use"
             )
-        partial = target.with_suffix(".part")
+        partial = target.with_name(target.name + ".part")
         partial.write_bytes(made.read_bytes())
         partial.replace(target)
 

@@ -31,9 +31,9 @@ from .detection import (
 )
 from .errors import AnalysisError, ErrorCode
 from .imaging import DecodeLimits, RGBImage, decode_image, read_image_file
-from .models import INT8_MODELS, MODELS, BuiltModel, ModelPaths, ModelSpec
+from .models import MODELS, BuiltModel, ModelPaths, ModelSpec
 from .results import LANDMARK_NAMES, Face, ImageResult, ResultError
-from .runtime import RUNTIMES, Runtime, cpu_has_int8_dot_product
+from .runtime import RUNTIMES, Runtime
 
 __all__ = ["PRECISIONS", "Analyzer", "AnalyzerConfig", "ImageSource", "Precision"]
 
@@ -68,7 +68,8 @@ class AnalyzerConfig:
         1.4-2.4x the speed; UTKFace age MAE 6.0 y instead of 5.9; at 1024 int8 loses 0.010
         AP, so larger sizes keep fp32). With OpenVINO the fp32 models compute in bf16 on CPUs
         with bf16 units. "fp32": the original models in fp32 everywhere. "int8": every int8
-        model on any CPU, and an error when one is not built.
+        model on any CPU, in the build the CPU computes exactly (8-bit weights with int8 dot
+        products, 7-bit weights without), and an error when one is not built.
     """
 
     detect_size: int | None = 640
@@ -145,7 +146,7 @@ class Analyzer:
             if estimates
             else None
         )
-        used: dict[str, ModelSpec | BuiltModel] = {**MODELS, **{name: INT8_MODELS[name] for name in int8}}
+        used: dict[str, ModelSpec | BuiltModel] = {**MODELS, **{n: paths.int8_specs[n] for n in int8}}
         self._models = {name: f"{spec.filename}@{spec.sha256[:12]}" for name, spec in used.items()}
         self._models["detector"] = self.detector.name
         self._settings: dict[str, Any] = {
@@ -265,9 +266,11 @@ class Analyzer:
 def _int8_models(config: AnalyzerConfig, paths: ModelPaths, own_detector: bool) -> dict[str, Path]:
     """The int8 models `config` runs, by name; raises `ModelError` for `int8` when one is missing.
 
-    `auto` takes each where it was measured to keep fp32's accuracy: built and verified, on a CPU
-    with int8 dot products; for CenterFace also only in the fast preset (the accurate one's small
-    faces lose ~0.03 WIDER hard AP) at up to 640 px (at 1024 it loses 0.010 AP).
+    `int8` takes the build this CPU computes exactly (`paths.int8_build`). `auto` takes each
+    where it was measured to keep fp32's accuracy: the full 8-bit build (CPUs with int8 dot
+    products; the 7-bit one costs UTKFace age MAE +0.12 y, WIDER medium AP -0.007), built and
+    verified; for CenterFace also only in the fast preset (the accurate one's small faces lose
+    ~0.03 WIDER hard AP) at up to 640 px (at 1024 it loses 0.010 AP).
     """
     if config.precision == "fp32":
         return {}
@@ -278,7 +281,7 @@ def _int8_models(config: AnalyzerConfig, paths: ModelPaths, own_detector: bool) 
             names.insert(0, "centerface")
     if config.precision == "int8":
         return paths.require_int8(names)
-    if not cpu_has_int8_dot_product():
+    if paths.int8_build != "int8":
         return {}
     return {name: paths.int8[name] for name in names if name in paths.int8}
 

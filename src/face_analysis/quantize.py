@@ -43,6 +43,7 @@ __all__ = [
     "CALIBRATION_SAMPLES",
     "CALIBRATION_SIZE",
     "CHIP_SAMPLES",
+    "WeightBits",
     "calibration_chips",
     "calibration_images",
     "default_calibration_photo",
@@ -66,6 +67,7 @@ _CHIP_PERCENTILE = 99.99
 _CHIPS_PER_BATCH = 16
 # The astronaut's 5 points in tests/data/astronaut.jpg (512 x 512) as the fp32 CenterFace places
 # them; fixed here so that the chips, and so the build, depend on no detector run.
+WeightBits = Literal[7, 8]
 _ASTRONAUT_LANDMARKS = np.array(
     [[202.8, 101.7], [249.1, 102.6], [225.4, 124.7], [204.3, 144.1], [243.1, 144.7]], dtype=np.float64
 )
@@ -292,11 +294,14 @@ def quantize_centerface(
     output: Path,
     photo_path: Path | None = None,
     samples: int = CALIBRATION_SAMPLES,
+    weight_bits: WeightBits = 8,
 ) -> Path:
     """Write the int8 (QDQ, per-channel weights) CenterFace to `output`; returns `output`.
 
     Calibration: `samples` augmentations of `photo_path` (default: the repository's astronaut),
     Percentile 99.9999 (symmetric, clamped to the observed min/max, so ReLU outputs get [0, t]).
+    `weight_bits` 7 keeps weights within +-64, which CPUs without int8 dot products compute
+    exactly (see `face_analysis.models.INT8_W7_MODELS`).
     """
     blobs = (
         np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
@@ -304,11 +309,15 @@ def quantize_centerface(
     )
     model = prepare_fp32(fp32_path)
     ranges = {"percentile": _PERCENTILE, "symmetric": True}
-    return _quantize(model, output, blobs, _CHUNK, ranges, exclude=_head_nodes(model))
+    return _quantize(model, output, blobs, _CHUNK, ranges, _head_nodes(model), weight_bits)
 
 
 def quantize_classifier(
-    fp32_path: Path, output: Path, kind: Literal["age", "gender"], samples: int = CHIP_SAMPLES
+    fp32_path: Path,
+    output: Path,
+    kind: Literal["age", "gender"],
+    samples: int = CHIP_SAMPLES,
+    weight_bits: WeightBits = 8,
 ) -> Path:
     """Write the int8 (QDQ, per-channel weights) `kind` model to `output`; returns `output`.
 
@@ -316,14 +325,16 @@ def quantize_classifier(
     as the estimator feeds them (gender: the age chips halved; each chip also mirrored),
     Percentile 99.99. Everything after the last convolution (pooling, the fully connected
     layers, softmax) stays fp32: quantising the class scores flattens the probabilities
-    (UTKFace dev age_confidence ECE 0.058 instead of 0.022).
+    (UTKFace dev age_confidence ECE 0.058 instead of 0.022). `weight_bits` as for
+    `quantize_centerface`.
     """
     chips = calibration_chips(_read_photo(None), _ASTRONAUT_LANDMARKS, AGE_CHIP, samples)
     model = prepare_classifier(fp32_path)
     last_conv = max(i for i, node in enumerate(model.graph.node) if node.op_type == "Conv")
     head = [node.name for node in model.graph.node[last_conv + 1 :]]
     ranges = {"percentile": _CHIP_PERCENTILE, "symmetric": False}
-    return _quantize(model, output, _chip_blobs(chips, halved=kind == "gender"), 1, ranges, exclude=head)
+    blobs = _chip_blobs(chips, halved=kind == "gender")
+    return _quantize(model, output, blobs, 1, ranges, head, weight_bits)
 
 
 def _chip_blobs(chips: Iterator[NDArray[np.uint8]], halved: bool) -> Iterator[NDArray[np.float32]]:
@@ -377,9 +388,11 @@ def _quantize(
     chunk: int,
     ranges: dict[str, float | bool],
     exclude: list[str],
+    weight_bits: WeightBits,
 ) -> Path:
     """Calibrate `model` on `blobs` (`chunk` at a time: activations are kept until collected),
-    Percentile `ranges`, rounded; write the QDQ int8 model to `output` atomically."""
+    Percentile `ranges`, rounded; write the QDQ int8 model (weights of `weight_bits`, the nodes
+    `exclude` left fp32) to `output` atomically."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -425,6 +438,7 @@ def _quantize(
             calibrate_method=CalibrationMethod.Percentile,
             calibration_cache_path=cache,
             nodes_to_exclude=exclude,
+            reduce_range=weight_bits == 7,  # onnxruntime's 7-bit weights: [-64, 64]
         )
         quantized = onnx.load(str(partial))
         quantized.producer_name = "face-analysis quantize"

@@ -17,8 +17,6 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
-from functools import cache
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -31,8 +29,6 @@ __all__ = [
     "RUNTIME_ENV",
     "Runner",
     "Runtime",
-    "cpu_has_int8_dot_product",
-    "cpuinfo_has_int8_dot_product",
     "create_runner",
     "openvino_available",
 ]
@@ -41,32 +37,6 @@ Runtime = Literal["onnxruntime", "openvino"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 RUNTIME_ENV = "FACE_ANALYSIS_RUNTIME"
 Runner = Callable[[NDArray[np.float32]], list[NDArray[np.float32]]]
-
-
-# CPU flags (Linux /proc/cpuinfo names) of int8 dot-product instructions: x86 VNNI and AMX, Arm dotprod.
-_INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
-
-
-@cache
-def cpu_has_int8_dot_product() -> bool:
-    """True when the CPU has int8 dot-product instructions (VNNI, AMX or Arm dotprod).
-
-    Where it has them the int8 detector's WIDER AP was measured within 0.005 of fp32; on an
-    AVX2-only CPU onnxruntime's int8 convolutions lost up to 0.007, so `auto` keeps fp32 there.
-    Unknown (no /proc/cpuinfo): False.
-    """
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return cpuinfo_has_int8_dot_product(cpuinfo)
-
-
-def cpuinfo_has_int8_dot_product(cpuinfo: str) -> bool:
-    """Whether a /proc/cpuinfo text lists an int8 dot-product flag (x86 `flags`, Arm `Features`)."""
-    flag_lines = (line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features")))
-    flags = {flag for line in flag_lines for flag in line.split()}
-    return not flags.isdisjoint(_INT8_DOT_PRODUCT_FLAGS)
 
 
 def openvino_available() -> bool:

@@ -1,14 +1,16 @@
-"""The int8 detector, the OpenVINO runtime and the accurate preset against the fp32 default.
+"""The int8 models, the OpenVINO runtime and the accurate preset against the fp32 default.
 
-The int8 file is built by `face-analysis models quantize` (scripts/setup.sh runs it), so these
-tests fail, not skip, when it is missing; only the OpenVINO ones skip, when the extra is absent.
+The int8 files are built by `face-analysis models quantize` (scripts/setup.sh runs it), so these
+tests fail, not skip, when they are missing; only the OpenVINO ones skip, when the extra is absent.
+The int8 agreement tests run this CPU's build and the 7-bit build (the one CPUs without int8 dot
+products run) on every machine; test_emulated_cpu.py runs the latter on an emulated AVX2 CPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,14 @@ import pytest
 from numpy.typing import NDArray
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
+from face_analysis import models as models_module
+from face_analysis.cpu import cpu_has_int8_dot_product
 from face_analysis.detection import CenterFace
 from face_analysis.detection.centerface import input_blob
-from face_analysis.models import INT8_MODELS, MODELS, ModelPaths, sha256_of
+from face_analysis.models import INT8_BUILDS, INT8_MODELS, MODELS, Int8Build, ModelPaths, sha256_of
 from face_analysis.quantize import prepare_classifier, prepare_fp32, quantize_centerface, quantize_classifier
 from face_analysis.results import ImageResult
-from face_analysis.runtime import cpu_has_int8_dot_product, openvino_available
+from face_analysis.runtime import openvino_available
 
 GroupImage = Any
 Iou = Callable[..., float]
@@ -47,10 +51,30 @@ def _same_faces(a: ImageResult, b: ImageResult, iou: Iou, min_iou: float = 0.8) 
 
 @pytest.fixture(scope="module")
 def int8_paths(model_paths: ModelPaths) -> ModelPaths:
-    missing = [spec.filename for name, spec in INT8_MODELS.items() if name not in model_paths.int8]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not built: run `face-analysis models quantize`", pytrace=False)
+    for build in INT8_BUILDS:
+        built = ModelPaths.resolve(model_paths.centerface.parent, build).int8
+        missing = [spec.filename for name, spec in INT8_BUILDS[build].items() if name not in built]
+        if missing:
+            pytest.fail(f"{', '.join(missing)} not built: run `face-analysis models quantize`", pytrace=False)
     return model_paths
+
+
+# This CPU's int8 build, and the 7-bit one wherever this CPU is not already running it.
+_INT8_BUILDS_HERE: list[Int8Build] = sorted({models_module.int8_build_for_cpu(), "int8-w7"})
+
+
+@pytest.fixture(scope="module", params=_INT8_BUILDS_HERE)
+def any_int8_analyzer(request: pytest.FixtureRequest, int8_paths: ModelPaths) -> Iterator[Analyzer]:
+    """`--precision int8` as it runs on a CPU whose exact build is `request.param` (the CPU's
+    answer is replaced; the models run for real, and the 7-bit build computes the same here as
+    on any CPU)."""
+    build: Int8Build = request.param
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models_module, "int8_build_for_cpu", lambda: build)
+        config = AnalyzerConfig(threads=2, model_dir=int8_paths.centerface.parent, precision="int8")
+        analyzer = Analyzer(config)
+    assert analyzer._models["age"].startswith(INT8_BUILDS[build]["age"].filename)
+    yield analyzer
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +97,31 @@ def test_prepared_graph_is_quantisable(model_paths: ModelPaths) -> None:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
     onnx.checker.check_model(model)
+
+
+def _int8_weight_extremes(path: Path) -> list[int]:
+    """max |w| of every int8 weight tensor (the quantised convolution kernels) of an ONNX file."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return [
+        int(np.abs(numpy_helper.to_array(init).astype(np.int32)).max())
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.INT8 and init.dims
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(INT8_MODELS))
+def test_7bit_build_keeps_every_weight_where_16_bit_pair_sums_cannot_saturate(
+    name: str, int8_paths: ModelPaths
+) -> None:
+    """u8s8 kernels without dot products add two products a*w (a <= 255) in a saturating int16:
+    exact iff |w| <= 64 (255 * 64 * 2 = 32640). The full build uses the whole range."""
+    folder = int8_paths.centerface.parent
+    w7 = _int8_weight_extremes(folder / INT8_BUILDS["int8-w7"][name].filename)
+    full = _int8_weight_extremes(folder / INT8_BUILDS["int8"][name].filename)
+    assert w7 and max(w7) <= 64
+    assert len(full) == len(w7) and max(full) == 127
 
 
 def test_int8_build_is_deterministic(model_paths: ModelPaths, tmp_path: Path) -> None:
@@ -107,10 +156,14 @@ def test_classifier_int8_build_is_deterministic_and_keeps_the_head_fp32(
 def test_installed_int8_models_are_the_pinned_builds_and_used_by_default_where_they_keep_accuracy(
     int8_paths: ModelPaths, int8_analyzer: Analyzer, analyzer: Analyzer, fp32_analyzer: Analyzer
 ) -> None:
-    for name, spec in INT8_MODELS.items():
-        assert sha256_of(int8_paths.int8[name]) == spec.sha256
+    for build, specs in INT8_BUILDS.items():
+        built = ModelPaths.resolve(int8_paths.centerface.parent, build).int8
+        for name, spec in specs.items():
+            assert sha256_of(built[name]) == spec.sha256
+    assert int8_paths.int8_build == ("int8" if cpu_has_int8_dot_product() else "int8-w7")
+    for name, spec in int8_paths.int8_specs.items():
         assert int8_analyzer._models[name].startswith(spec.filename)
-    for name in INT8_MODELS:
+    for name in INT8_MODELS:  # auto: only the full 8-bit build, and only where it is exact
         expected = INT8_MODELS[name] if cpu_has_int8_dot_product() else MODELS[name]
         assert analyzer._models[name].startswith(expected.filename)
     folder = int8_paths.centerface.parent
@@ -128,8 +181,8 @@ def test_installed_int8_models_are_the_pinned_builds_and_used_by_default_where_t
 def test_corrupt_int8_is_refused_with_the_fix(model_paths: ModelPaths, tmp_path: Path) -> None:
     for spec_file in ("centerface.onnx", "age-v1.onnx", "gender-v1.onnx"):
         (tmp_path / spec_file).symlink_to(model_paths.centerface.parent / spec_file)
-    (tmp_path / INT8_MODELS["centerface"].filename).write_bytes(b"not a model")
-    (tmp_path / INT8_MODELS["age"].filename).symlink_to(model_paths.int8["age"])
+    (tmp_path / model_paths.int8_specs["centerface"].filename).write_bytes(b"not a model")
+    (tmp_path / model_paths.int8_specs["age"].filename).symlink_to(model_paths.int8["age"])
     assert set(ModelPaths.resolve(tmp_path).int8) == {"age"}
     with pytest.raises(ModelError, match="face-analysis models quantize"):
         Analyzer(AnalyzerConfig(threads=1, model_dir=tmp_path, precision="int8"))
@@ -141,30 +194,29 @@ def test_corrupt_int8_is_refused_with_the_fix(model_paths: ModelPaths, tmp_path:
 
 
 def test_int8_and_fp32_find_the_same_faces(
-    int8_analyzer: Analyzer,
+    any_int8_analyzer: Analyzer,
     fp32_analyzer: Analyzer,
     astronaut_path: Path,
     astronaut_face: tuple[int, int, int, int],
     group_image: GroupImage,
     box_iou: Iou,
 ) -> None:
-    single = int8_analyzer.analyze(astronaut_path)
+    single = any_int8_analyzer.analyze(astronaut_path)
     _same_faces(single, fp32_analyzer.analyze(astronaut_path), box_iou)
     assert box_iou(single.faces[0].bbox, astronaut_face) >= 0.6
-    group = int8_analyzer.analyze(group_image.path)
+    group = any_int8_analyzer.analyze(group_image.path)
     _same_faces(group, fp32_analyzer.analyze(group_image.path), box_iou)
     assert len(group.faces) == len(group_image.boxes)
 
 
 def test_int8_age_and_gender_agree_with_fp32_on_the_same_faces(
-    int8_analyzer: Analyzer, fp32_analyzer: Analyzer, group_image: GroupImage
+    any_int8_analyzer: Analyzer, fp32_analyzer: Analyzer, group_image: GroupImage
 ) -> None:
     image = fp32_analyzer.load(group_image.path)
     detections = fp32_analyzer.detect(image)
     assert len(detections) == len(group_image.boxes)
-    for fp32_face, int8_face in zip(
-        fp32_analyzer.estimate(image, detections), int8_analyzer.estimate(image, detections), strict=True
-    ):
+    int8_faces = any_int8_analyzer.estimate(image, detections)
+    for fp32_face, int8_face in zip(fp32_analyzer.estimate(image, detections), int8_faces, strict=True):
         assert int8_face.gender == fp32_face.gender
         assert abs(int8_face.age_years - fp32_face.age_years) < 2.5
         assert abs(int8_face.age_confidence - fp32_face.age_confidence) < 0.15
