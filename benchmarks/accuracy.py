@@ -934,7 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             analyzer = _analyzer(settings["detect_size"], settings["min_confidence"], _engine(args))
             if settings["aligned_from"] == "box":
-                analyzer.detector = BoxOnlyDetector(analyzer.detector)
+                analyzer.detection.detector = BoxOnlyDetector(analyzer.detector)
             records = utkface_records(
                 analyzer, utk_dir, settings["limit"], pad=settings["pad"], progress=args.progress
             )

@@ -50,7 +50,7 @@ def detect_all(analyzer: Analyzer, root: Path, cache: Path | None) -> dict[str, 
         "landmarks": landmarks,
     }
     if cache:
-        np.savez(cache, **data)
+        np.savez(cache, **data)  # type: ignore[arg-type]  # numpy's stub takes a kwarg for allow_pickle
     return data
 
 

@@ -30,6 +30,7 @@ Needs the datasets folder (../shared/datasets); exits 0 with a note when it is a
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import tempfile
@@ -130,12 +131,16 @@ def wider_ap(detect: Callable[[Any], list[Any]], wider_dir: Path) -> tuple[dict[
     return accuracy.wider_ap(predictions, truth), statistics.median(times)
 
 
+def _detect(detector: CenterFace, rgb: Any) -> list[Any]:
+    return detector.detect(rgb, accuracy.WIDER_MIN_CONFIDENCE)
+
+
 def bench_wider(args: argparse.Namespace, wider_dir: Path) -> None:
     paths = ModelPaths.resolve()
     reference: dict[str, float] | None = None
     for v in usable(args.variants):
         det = make_detector(v, paths, args.size, args.threads)
-        ap, ms = wider_ap(lambda rgb, det=det: det.detect(rgb, accuracy.WIDER_MIN_CONFIDENCE), wider_dir)
+        ap, ms = wider_ap(functools.partial(_detect, det), wider_dir)
         reference = reference or ap
         delta = " ".join(f"{k} {ap[k] - reference[k]:+.4f}" for k in accuracy.WIDER_SETTINGS)
         print(

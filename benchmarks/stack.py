@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python benchmarks/stack.py [--images 200] [--clients 8] [--requests 50] [--json out.json]
 
-1. Throughput. N photos made from tests/data/astronaut.jpg (crops and re-encodings, 384-640 px,
+1. Throughput. N photos made from face_analysis/data/astronaut.jpg (crops and re-encodings, 384-640 px,
    written to a temporary folder) are analysed by
    - embedded: `face-analysis analyze IN -o OUT` (one process, default settings), and
    - the stack: `face-analysis stack up` (four service processes, a private redis-server on a
@@ -159,7 +159,7 @@ def load_test(target: str, files: dict[str, bytes], clients: int, requests: int)
                     result = stub.Analyze(image_input_pb2.AnalyzeRequest(image=data, name=name), timeout=120)
                     problem = result.error.code if result.HasField("error") else None
                 except grpc.RpcError as exc:
-                    problem = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                    problem = f"{exc.code().name}: {exc.details()}"
                 elapsed = time.perf_counter() - started
                 with lock:
                     latencies.append(elapsed)

@@ -73,7 +73,7 @@ if kind == "ours":
         if spec.get(name):
             options[name] = spec[name]
     model = Analyzer(AnalyzerConfig(**options))
-    used["models"], used["settings"] = model.stamp  # what every result of this analyzer carries
+    used["models"], used["settings"] = dict(model.stamp.models), dict(model.stamp.settings)
 
     def run(image):
         result = model.analyze(image, image_id="bench")

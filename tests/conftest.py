@@ -1,6 +1,6 @@
 """Shared fixtures: the one real photo, images generated from it, and the real analyzer.
 
-The only photo in the repo is `tests/data/astronaut.jpg` (public-domain NASA portrait of Eileen
+The only photo in the repo is `src/face_analysis/data/astronaut.jpg` (public-domain NASA portrait of Eileen
 Collins, shipped with scikit-image; 512 x 512, one face). Every other test image is made from it
 at test time, in temporary folders: re-encodings, odd colour modes, EXIF rotations, a group
 picture, and the broken files the decoder must refuse.

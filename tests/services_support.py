@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ASTRONAUT = Path(__file__).parent / "data" / "astronaut.jpg"
+from face_analysis.data import CALIBRATION_PHOTO
+
+ASTRONAUT = CALIBRATION_PHOTO  # the package's public-domain photo (see face_analysis.data)
 SERVICE_NAMES = ("image-input", "face-landmark", "age-gender", "data-storage")
 
 
@@ -122,7 +124,7 @@ def metrics_url(env: dict[str, str], service: str) -> str:
 
 
 def wait_healthy(addr: str, timeout_s: float) -> None:
-    from face_analysis.services.stack import wait_healthy as check
+    from face_analysis.services.health import wait_healthy as check
 
     if not check(addr, timeout_s):
         raise AssertionError(f"no healthy service at {addr} within {timeout_s} s")

@@ -13,13 +13,17 @@ import json
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from .annotate import ANNOTATED_SUFFIX, annotated_path, write_annotated
 from .errors import FINAL_ERROR_CODES
-from .pipeline import Analyzer, AnalyzerConfig
 from .results import ImageResult, output_names
+from .settings import AnalyzerConfig
+
+if TYPE_CHECKING:  # the models' code is loaded only where images are analysed
+    from .pipeline import Analyzer
 
 __all__ = ["IMAGE_SUFFIXES", "Job", "plan_jobs", "run_jobs"]
 
@@ -122,6 +126,8 @@ _worker_analyzer: Analyzer | None = None
 
 
 def _init_worker(config: AnalyzerConfig) -> None:
+    from .pipeline import Analyzer
+
     global _worker_analyzer
     _worker_analyzer = Analyzer(config)
 
@@ -146,17 +152,21 @@ def run_jobs(
 ) -> Iterator[tuple[Job, ImageResult]]:
     """Analyse the jobs; yields each job with its result as it completes (any order).
 
-    Each worker process loads the models once and gets an equal share of the cores.
+    Each worker process loads the models once and gets an equal share of the cores (unless
+    `config.threads` says how many each model takes).
     """
+    from .pipeline import Analyzer
+    from .steps import check_models
+
     if workers <= 1 or len(jobs) <= 1:
         analyzer = Analyzer(config)
         for job in jobs:
             yield _run_job(analyzer, job)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    worker_config = replace(config, threads=threads)
+    threads = config.threads or max(1, (os.cpu_count() or 1) // workers)
+    worker_config = config.model_copy(update={"threads": threads})
     # Fail fast, in this process, on a missing or corrupt model rather than in every worker.
-    Analyzer.check_models(worker_config)
+    check_models(worker_config)
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, _init_worker, (worker_config,)) as pool:
         yield from pool.imap_unordered(_analyze_in_worker, jobs)

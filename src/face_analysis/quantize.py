@@ -2,7 +2,7 @@
 age (`age-int8.onnx`) and gender (`gender-int8.onnx`).
 
 Reproducible by construction: the calibration inputs are fixed augmentations (seeded) of the one
-photo the repository ships, `tests/data/astronaut.jpg` (public domain), never an evaluation set:
+photo the package ships, `face_analysis/data/astronaut.jpg` (public domain), never an evaluation set:
 crops and crowd mosaics for the detector, aligned face chips for age and gender. Ranges are
 percentiles of the calibration activations, rounded to 4 significant digits so that last-bit
 differences between CPUs do not change the file; weights are int8 per channel (QDQ). The parts
@@ -13,18 +13,23 @@ Usage::
 
     quantize_centerface(fp32_path, out_path)              # ~1 min on one core
     quantize_classifier(age_path, out_path, "age")    # a few seconds
+    build_int8_models()                               # every pinned build, installed if it verifies
     # or: face-analysis models quantize
+
+Only the `models quantize` command imports this module (it imports the model runtime and the
+steps to feed them as they run; nothing imports it back).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -36,14 +41,18 @@ from onnx import version_converter
 
 from .attributes.age_gender import AGE_CHIP, chip_blob, halve
 from .attributes.alignment import extract_chip
+from .data import CALIBRATION_PHOTO
 from .detection.centerface import with_dynamic_size
-from .models import load_model
+from .errors import ModelError
+from .models import INT8_BUILDS, BuiltModel, ModelPaths, sha256_of
+from .runtime import load_model
 
 __all__ = [
     "CALIBRATION_SAMPLES",
     "CALIBRATION_SIZE",
     "CHIP_SAMPLES",
     "WeightBits",
+    "build_int8_models",
     "calibration_chips",
     "calibration_images",
     "default_calibration_photo",
@@ -65,7 +74,7 @@ _MIN_CROP_AREA = 0.02  # share of the photo: its face then fills much of the vie
 CHIP_SAMPLES = 256
 _CHIP_PERCENTILE = 99.99
 _CHIPS_PER_BATCH = 16
-# The astronaut's 5 points in tests/data/astronaut.jpg (512 x 512) as the fp32 CenterFace places
+# The astronaut's 5 points in the calibration photo (512 x 512) as the fp32 CenterFace places
 # them; fixed here so that the chips, and so the build, depend on no detector run.
 WeightBits = Literal[7, 8]
 _ASTRONAUT_LANDMARKS = np.array(
@@ -74,15 +83,8 @@ _ASTRONAUT_LANDMARKS = np.array(
 
 
 def default_calibration_photo() -> Path:
-    """The repository's public-domain photo (next to the package in a source checkout)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "tests" / "data" / "astronaut.jpg"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        "tests/data/astronaut.jpg not found: run from a source checkout or pass the photo"
-    )
+    """The package's public-domain photo (`face_analysis/data/astronaut.jpg`)."""
+    return CALIBRATION_PHOTO
 
 
 def prepare_fp32(model_path: Path) -> onnx.ModelProto:
@@ -298,7 +300,7 @@ def quantize_centerface(
 ) -> Path:
     """Write the int8 (QDQ, per-channel weights) CenterFace to `output`; returns `output`.
 
-    Calibration: `samples` augmentations of `photo_path` (default: the repository's astronaut),
+    Calibration: `samples` augmentations of `photo_path` (default: the package's astronaut),
     Percentile 99.9999 (symmetric, clamped to the observed min/max, so ReLU outputs get [0, t]).
     `weight_bits` 7 keeps weights within +-64, which CPUs without int8 dot products compute
     exactly (see `face_analysis.models.INT8_W7_MODELS`).
@@ -321,7 +323,7 @@ def quantize_classifier(
 ) -> Path:
     """Write the int8 (QDQ, per-channel weights) `kind` model to `output`; returns `output`.
 
-    Calibration: `samples` face chips of the repository's astronaut (`calibration_chips`), fed
+    Calibration: `samples` face chips of the package's astronaut (`calibration_chips`), fed
     as the estimator feeds them (gender: the age chips halved; each chip also mirrored),
     Percentile 99.99. Everything after the last convolution (pooling, the fully connected
     layers, softmax) stays fp32: quantising the class scores flattens the probabilities
@@ -447,3 +449,50 @@ def _quantize(
         onnx.save(quantized, str(partial))
         os.replace(partial, output)
     return output
+
+
+def build_int8_models(model_dir: Path | None = None) -> list[Path]:
+    """Build every int8 model (`INT8_BUILDS`: full 8-bit and 7-bit weights) from the verified fp32
+    ones; those already built are kept. Returns their paths.
+
+    Both builds are made whatever this CPU is, so that a model folder (or a container image)
+    serves any CPU it is taken to.
+
+    Raises:
+        ModelError: an fp32 model is missing, or a build's sha256 is not the pinned one (another
+            onnxruntime/onnx version); that model is not installed then.
+    """
+    built: list[Path] = []
+    for build, specs in INT8_BUILDS.items():
+        paths = ModelPaths.resolve(model_dir, build)
+        for name, spec in specs.items():
+            target = paths.centerface.parent / spec.filename
+            if name not in paths.int8:
+                bits = spec.weight_bits
+                makers: dict[str, Callable[[Path], Path]] = {
+                    "centerface": functools.partial(quantize_centerface, paths.centerface, weight_bits=bits),
+                    "age": functools.partial(quantize_classifier, paths.age, kind="age", weight_bits=bits),
+                    "gender": functools.partial(
+                        quantize_classifier, paths.gender, kind="gender", weight_bits=bits
+                    ),
+                }
+                _install_build(makers[name], spec, target)
+            built.append(target)
+    return built
+
+
+def _install_build(build: Callable[[Path], Path], spec: BuiltModel, target: Path) -> None:
+    import onnxruntime as ort  # already loaded, telemetry off, by .runtime
+
+    with tempfile.TemporaryDirectory(prefix="face-analysis-int8-") as tmp:
+        made = build(Path(tmp) / spec.filename)
+        digest = sha256_of(made)
+        if digest != spec.sha256:
+            raise ModelError(
+                f"{spec.filename} built here has sha256 {digest}, not the pinned {spec.sha256} "
+                f"(onnxruntime {ort.__version__}; the pins are for the `quantize` extra's versions: "
+                "pip install 'face-analysis[quantize]'): not installed, the fp32 model stays in use"
+            )
+        partial = target.with_name(target.name + ".part")
+        partial.write_bytes(made.read_bytes())
+        partial.replace(target)

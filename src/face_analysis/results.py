@@ -12,12 +12,14 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
+from .attributes._types import AgeGender
+from .detection._types import Detection
 from .errors import AnalysisError, ErrorCode
 
 __all__ = [
@@ -26,6 +28,9 @@ __all__ = [
     "Face",
     "ImageResult",
     "ResultError",
+    "Stamp",
+    "faces_of",
+    "make_result",
     "output_names",
     "write_atomic",
     "write_json_atomic",
@@ -80,6 +85,25 @@ class ResultError:
 
 
 @dataclass(frozen=True, slots=True)
+class Stamp:
+    """Which models and settings a result comes from: its JSON's `models` and `settings`.
+
+    Each step stamps what it runs (the detector its model, name and settings; the estimator its
+    models); `merge` puts the parts together as results list them.
+    """
+
+    models: Mapping[str, str] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def merge(self, other: Stamp) -> Stamp:
+        """Both stamps' entries (`other`'s win), with the detector's name listed last."""
+        models = {**self.models, **other.models}
+        if "detector" in models:
+            models["detector"] = models.pop("detector")
+        return Stamp(models, {**self.settings, **other.settings})
+
+
+@dataclass(frozen=True, slots=True)
 class ImageResult:
     """Everything known about one input image: its faces, or the error that stopped it."""
 
@@ -116,6 +140,87 @@ class ImageResult:
     def to_json(self) -> str:
         """Exactly what `face-analysis analyze` writes."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ImageResult:
+        """The result a JSON written by `to_json` describes (`to_json` gives the text back).
+
+        Raises:
+            ValueError: not such a JSON (e.g. an unknown error code, a missing key).
+        """
+        try:
+            data = json.loads(text)
+            error = data["error"]
+            return cls(
+                image_id=data["image_id"],
+                faces=tuple(
+                    Face(
+                        bbox=tuple(face["bbox"]),
+                        confidence=face["confidence"],
+                        landmarks=None
+                        if face["landmarks"] is None
+                        else {k: (x, y) for k, (x, y) in face["landmarks"].items()},
+                        age=face["age"],
+                        age_years=face["age_years"],
+                        age_confidence=face["age_confidence"],
+                        gender=face["gender"],
+                        gender_confidence=face["gender_confidence"],
+                    )
+                    for face in data["faces"]
+                ),
+                width=data["width"],
+                height=data["height"],
+                processing_time=datetime.fromisoformat(data["processing_time"]),
+                models=data["models"],
+                settings=data["settings"],
+                timings_ms=data["timings_ms"],
+                error=None if error is None else ResultError(ErrorCode(error["code"]), error["message"]),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a result JSON: {exc!r}") from None
+
+
+def faces_of(detections: Sequence[Detection], estimates: Sequence[AgeGender]) -> tuple[Face, ...]:
+    """Result faces from the detector's and the estimator's outputs, in detection order."""
+    return tuple(
+        Face(
+            bbox=(round(d.box[0]), round(d.box[1]), round(d.box[2]), round(d.box[3])),
+            confidence=d.score,
+            landmarks=None
+            if d.landmarks is None
+            else {n: (float(x), float(y)) for n, (x, y) in zip(LANDMARK_NAMES, d.landmarks, strict=True)},
+            age=e.age_range,
+            age_years=e.age_years,
+            age_confidence=e.age_confidence,
+            gender=e.gender,
+            gender_confidence=e.gender_confidence,
+        )
+        for d, e in zip(detections, estimates, strict=True)
+    )
+
+
+def make_result(
+    image_id: str,
+    faces: tuple[Face, ...],
+    size: tuple[int, int] | None,
+    started: datetime,
+    timings: dict[str, float],
+    stamp: Stamp,
+    error: ResultError | None = None,
+) -> ImageResult:
+    """The result of one image: its faces (or error), its size (width, height; None if it was
+    never decoded), when it started, its step timings in ms, and the stamp of what made it."""
+    return ImageResult(
+        image_id=image_id,
+        faces=faces,
+        width=None if size is None else size[0],
+        height=None if size is None else size[1],
+        processing_time=started,
+        models=dict(stamp.models),
+        settings=dict(stamp.settings),
+        timings_ms=timings,
+        error=error,
+    )
 
 
 def write_json_atomic(path: Path, text: str) -> None:

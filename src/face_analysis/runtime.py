@@ -1,11 +1,15 @@
-"""Inference runtimes: onnxruntime (default) or OpenVINO (the optional `openvino` extra).
+"""Loading models and running them: onnxruntime (default) or OpenVINO (the `openvino` extra).
 
 Both take the same ONNX bytes and give the same outputs, so a detector does not care which runs it.
 
 Usage::
 
-    run = create_runner(onnx_bytes, threads=1, runtime="openvino")
-    outputs = run(blob)        # list of arrays, in the model's output order
+    model = load_model(paths.age)          # onnx.ModelProto, denormal weights flushed
+    run = create_runner(model.SerializeToString(), threads=1, runtime="openvino")
+    outputs = run(blob)                    # list of arrays, in the model's output order
+
+The only module that imports onnxruntime for inference; it switches onnxruntime's usage
+telemetry off first, so that the analysis stays offline.
 
 OpenVINO sends no telemetry from here: only its runtime (`Core`) is used, never the model
 conversion tools that carry telemetry, and the telemetry package is blocked from loading in this
@@ -14,29 +18,78 @@ process before `openvino` is first imported (its conversion tools then fall back
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Literal, get_args
+from pathlib import Path
+from typing import Any
 
+# onnxruntime may send usage telemetry unless told not to; the analysis stays offline.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import numpy as np
+import onnx
+import onnxruntime as ort
 from numpy.typing import NDArray
+from onnx import numpy_helper
 
-from .models import create_session
+from .settings import RUNTIMES, Runtime
+
+ort.disable_telemetry_events()
 
 __all__ = [
     "RUNTIMES",
-    "RUNTIME_ENV",
     "Runner",
     "Runtime",
     "create_runner",
+    "create_session",
+    "denormal_mask",
+    "load_model",
     "openvino_available",
 ]
 
-Runtime = Literal["onnxruntime", "openvino"]
-RUNTIMES: tuple[str, ...] = get_args(Runtime)
-RUNTIME_ENV = "FACE_ANALYSIS_RUNTIME"
 Runner = Callable[[NDArray[np.float32]], list[NDArray[np.float32]]]
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """The ONNX model at `path` with its denormal float weights set to zero.
+
+    The dlib age model holds 6,667 denormal weights (the gender model 145): multiplying by them
+    is ~7x slower on Intel CPUs (190 ms instead of 25 for 18 faces here) and changes no output.
+    """
+    model = onnx.load(str(path))
+    for initializer in model.graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT:
+            continue
+        weights = numpy_helper.to_array(initializer)
+        denormal = denormal_mask(weights)
+        if denormal.any():
+            initializer.CopyFrom(numpy_helper.from_array(np.where(denormal, 0, weights), initializer.name))
+    return model
+
+
+def denormal_mask(values: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Where `values` are denormal, read from the bits: a process with denormals-are-zero set
+    (as some libraries leave it) would see them as 0 in any arithmetic test."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    mask: NDArray[np.bool_] = ((bits & 0x7F800000) == 0) & ((bits & 0x007FFFFF) != 0)
+    return mask
+
+
+def create_session(model: bytes, threads: int) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ONNX bytes (as `load_model` gives them), tuned for this use.
+
+    Graph optimisation ALL (NCHWc layouts: 2x faster than EXTENDED here); worker threads do
+    not busy-spin, so several sessions or processes on few cores do not starve each other.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def openvino_available() -> bool:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import jsonschema
@@ -42,7 +43,7 @@ def summary(completed: subprocess.CompletedProcess[str]) -> dict[str, int]:
     return {key: int(value) for key, value in match.groupdict().items()}
 
 
-def results_in(folder: Path) -> dict[str, dict]:
+def results_in(folder: Path) -> dict[str, dict[str, Any]]:
     """Every result JSON under `folder`, by path relative to it."""
     return {
         path.relative_to(folder).as_posix(): json.loads(path.read_text(encoding="utf-8"))
@@ -97,7 +98,7 @@ def test_two_hundred_images_with_ten_bad_ones(
     model_paths: ModelPaths,
     astronaut_rgb: NDArray[np.uint8],
     sample_bytes: dict[str, bytes],
-    result_schema: dict,
+    result_schema: dict[str, Any],
     tmp_path: Path,
 ) -> None:
     inputs, output = tmp_path / "in", tmp_path / "out"
@@ -114,8 +115,8 @@ def test_two_hundred_images_with_ten_bad_ones(
     assert len(results) == 200
     errors = {name for name, data in results.items() if data["error"] is not None}
     assert errors == {Path(name).stem + ".json" for name in bad}
-    for data in results.values():
-        jsonschema.validate(data, result_schema)
+    for result in results.values():
+        jsonschema.validate(result, result_schema)
     with_a_face = [name for name, data in results.items() if name.startswith("face_") and data["faces"]]
     assert len(with_a_face) >= 185  # (nearly) every crop of the astronaut shows her face
     counts = summary(completed)

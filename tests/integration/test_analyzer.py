@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -71,7 +72,9 @@ class TestAstronaut:
         assert 0 < face.age_confidence < 1
         assert 0.5 <= face.gender_confidence < 1
 
-    def test_json_matches_the_schema(self, astronaut_result: ImageResult, result_schema: dict) -> None:
+    def test_json_matches_the_schema(
+        self, astronaut_result: ImageResult, result_schema: dict[str, object]
+    ) -> None:
         data = json.loads(astronaut_result.to_json())
         jsonschema.validate(data, result_schema)
         assert data["image_id"] == "astronaut.jpg"
@@ -85,10 +88,13 @@ class TestAstronaut:
         assert face_json["bbox"] == list(face.bbox)
         assert face_json["age"] == face.age
         assert face_json["gender_confidence"] == pytest.approx(face.gender_confidence, abs=1e-4)
+        assert face.landmarks is not None
         assert face_json["landmarks"]["nose"] == pytest.approx(face.landmarks["nose"], abs=0.05)
 
 
-def test_schema_rejects_a_broken_result(astronaut_result: ImageResult, result_schema: dict) -> None:
+def test_schema_rejects_a_broken_result(
+    astronaut_result: ImageResult, result_schema: dict[str, object]
+) -> None:
     # The schema test above can fail: a face without its box is not a valid result.
     data = json.loads(astronaut_result.to_json())
     del data["faces"][0]["bbox"]
@@ -108,7 +114,7 @@ def test_path_bytes_and_array_give_the_same_faces(
     assert (by_bytes.image_id, by_array.image_id) == ("image", "image")
 
 
-def test_group_picture_finds_every_face(analyzer: Analyzer, group_image, box_iou: Iou) -> None:
+def test_group_picture_finds_every_face(analyzer: Analyzer, group_image: Any, box_iou: Iou) -> None:
     result = analyzer.analyze(group_image.path)
     assert result.ok, result.error
     assert len(result.faces) == len(group_image.boxes)
@@ -155,7 +161,7 @@ def test_one_pixel_image_is_analysed_with_no_faces(analyzer: Analyzer, samples: 
 
 @pytest.mark.parametrize(("name", "code"), BAD_INPUTS.items())
 def test_bad_input_gives_an_error_result(
-    analyzer: Analyzer, samples: dict[str, Path], result_schema: dict, name: str, code: ErrorCode
+    analyzer: Analyzer, samples: dict[str, Path], result_schema: dict[str, object], name: str, code: ErrorCode
 ) -> None:
     for source in (samples[name], samples[name].read_bytes()):
         result = analyzer.analyze(source)
@@ -173,8 +179,8 @@ def test_bad_input_gives_an_error_result(
     [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 4), np.uint8)],
     ids=["2d", "float", "rgba"],
 )
-def test_unusable_array_gives_an_error_result(analyzer: Analyzer, source: NDArray) -> None:
-    result = analyzer.analyze(source)
+def test_unusable_array_gives_an_error_result(analyzer: Analyzer, source: NDArray[np.generic]) -> None:
+    result = analyzer.analyze(source)  # type: ignore[arg-type]  # not uint8 RGB, on purpose
     assert result.error is not None
     assert result.error.code is ErrorCode.NOT_AN_IMAGE
 

@@ -24,8 +24,9 @@ from numpy.typing import NDArray
 from face_analysis import cpu
 from face_analysis.attributes.age_gender import AGE_CHIP, chip_blob, halve
 from face_analysis.detection.centerface import input_blob, with_dynamic_size
-from face_analysis.models import INT8_BUILDS, ModelPaths, load_model
+from face_analysis.models import INT8_BUILDS, ModelPaths
 from face_analysis.quantize import calibration_chips
+from face_analysis.runtime import load_model
 
 QEMU = shutil.which("qemu-x86_64")
 EMULATED_CPU = "EPYC-Milan"  # AMD Zen 3: AVX2, no AVX-512, no VNNI

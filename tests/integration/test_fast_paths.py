@@ -73,7 +73,7 @@ def any_int8_analyzer(request: pytest.FixtureRequest, int8_paths: ModelPaths) ->
         patch.setattr(models_module, "int8_build_for_cpu", lambda: build)
         config = AnalyzerConfig(threads=2, model_dir=int8_paths.centerface.parent, precision="int8")
         analyzer = Analyzer(config)
-    assert analyzer._models["age"].startswith(INT8_BUILDS[build]["age"].filename)
+    assert analyzer.stamp.models["age"].startswith(INT8_BUILDS[build]["age"].filename)
     yield analyzer
 
 
@@ -162,18 +162,18 @@ def test_installed_int8_models_are_the_pinned_builds_and_used_by_default_where_t
             assert sha256_of(built[name]) == spec.sha256
     assert int8_paths.int8_build == ("int8" if cpu_has_int8_dot_product() else "int8-w7")
     for name, spec in int8_paths.int8_specs.items():
-        assert int8_analyzer._models[name].startswith(spec.filename)
+        assert int8_analyzer.stamp.models[name].startswith(spec.filename)
     for name in INT8_MODELS:  # auto: only the full 8-bit build, and only where it is exact
         expected = INT8_MODELS[name] if cpu_has_int8_dot_product() else MODELS[name]
-        assert analyzer._models[name].startswith(expected.filename)
+        assert analyzer.stamp.models[name].startswith(expected.filename)
     folder = int8_paths.centerface.parent
-    assert fp32_analyzer._models["centerface"].startswith("centerface.onnx")
+    assert fp32_analyzer.stamp.models["centerface"].startswith("centerface.onnx")
     for config in (
         AnalyzerConfig(threads=1, model_dir=folder, preset="accurate"),
         AnalyzerConfig(threads=1, model_dir=folder, detect_size=1024),
     ):
-        assert Analyzer(config)._models["centerface"].startswith("centerface.onnx")
-    assert [fp32_analyzer._models[name] for name in ("age", "gender")] == [
+        assert Analyzer(config).stamp.models["centerface"].startswith("centerface.onnx")
+    assert [fp32_analyzer.stamp.models[name] for name in ("age", "gender")] == [
         f"{MODELS[name].filename}@{MODELS[name].sha256[:12]}" for name in ("age", "gender")
     ]
 
@@ -187,7 +187,7 @@ def test_corrupt_int8_is_refused_with_the_fix(model_paths: ModelPaths, tmp_path:
     with pytest.raises(ModelError, match="face-analysis models quantize"):
         Analyzer(AnalyzerConfig(threads=1, model_dir=tmp_path, precision="int8"))
     # The default precision never needs them: it takes those that verify.
-    default = Analyzer(AnalyzerConfig(threads=1, model_dir=tmp_path))._models
+    default = Analyzer(AnalyzerConfig(threads=1, model_dir=tmp_path)).stamp.models
     assert default["centerface"].startswith("centerface.onnx")
     assert default["gender"].startswith("gender-v1.onnx")
     assert default["age"].startswith("age-int8.onnx" if cpu_has_int8_dot_product() else "age-v1.onnx")

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from face_analysis import Analyzer
+from face_analysis.services.convert import result_json
 from face_analysis.services.generated import (
     age_gender_pb2,
     age_gender_pb2_grpc,
@@ -50,7 +51,7 @@ def test_store_writes_the_embedded_modes_json_once(  # type: ignore[no-untyped-d
     reply = storage.Store(request, timeout=30)
     path = output_dir / "portrait.json"
     text = path.read_text(encoding="utf-8")
-    assert reply.written and reply.result.json == text
+    assert reply.written and result_json(reply.result) == text
     assert comparable(text) == comparable(analyzer.analyze(data, image_id="portrait.jpg").to_json())
     assert reply.result.image_id == "portrait.jpg" and len(reply.result.faces) == 1
     face = json.loads(text)["faces"][0]
@@ -58,11 +59,11 @@ def test_store_writes_the_embedded_modes_json_once(  # type: ignore[no-untyped-d
     # The intermediates are gone; the result is queryable by id.
     assert store.get_image(job_id) is None and store.get_detections(job_id) is None
     assert store.get_pixels(job_id) is None and store.get_estimates(job_id) is None
-    assert storage.GetResult(aggregator_pb2.GetResultRequest(job_id=job_id), timeout=30).json == text
+    assert result_json(storage.GetResult(aggregator_pb2.GetResultRequest(job_id=job_id), timeout=30)) == text
     # Delivered again (e.g. after a crash): the file is up to date and is not written again.
     mtime = path.stat().st_mtime_ns
     again = storage.Store(request, timeout=30)
-    assert not again.written and again.result.json == text and path.stat().st_mtime_ns == mtime
+    assert not again.written and result_json(again.result) == text and path.stat().st_mtime_ns == mtime
 
 
 def test_store_with_an_error_writes_an_error_result(storage, output_dir: Path) -> None:  # type: ignore[no-untyped-def]

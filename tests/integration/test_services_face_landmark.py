@@ -39,9 +39,9 @@ def test_detect_stores_the_libraries_detections(stub, store: JobStore, analyzer:
     ("data", "code"),
     [(b"", "empty_file"), (b"plain text, not a picture" * 3, "not_an_image")],
 )
-def test_an_undecodable_image_is_an_analysis_error_not_an_rpc_error(
+def test_an_undecodable_image_is_an_analysis_error_not_an_rpc_error(  # type: ignore[no-untyped-def]
     stub, store: JobStore, data: bytes, code: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     job_id = api_job_id()
     store.put_image(job_id, data)
     reply = stub.Detect(landmark_detection_pb2.DetectRequest(job_id=job_id), timeout=30)

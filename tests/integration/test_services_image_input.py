@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from face_analysis import Analyzer
+from face_analysis.services.convert import result_json
 from face_analysis.services.generated import aggregator_pb2, image_input_pb2, image_input_pb2_grpc
 from services_support import (
     Services,
@@ -32,7 +33,7 @@ def api(channels: dict[str, grpc.Channel]) -> image_input_pb2_grpc.ImageInputStu
 def test_analyze_returns_the_embedded_modes_result(api, analyzer: Analyzer) -> None:  # type: ignore[no-untyped-def]
     data = encode(astronaut().resize((200, 200)), quality=88)
     result = api.Analyze(image_input_pb2.AnalyzeRequest(image=data, name="me.jpg"), timeout=60)
-    assert comparable(result.json) == comparable(analyzer.analyze(data, image_id="me.jpg").to_json())
+    assert comparable(result_json(result)) == comparable(analyzer.analyze(data, image_id="me.jpg").to_json())
     assert result.image_id == "me.jpg" and len(result.faces) == 1 and not result.HasField("error")
     assert result.width == 200 and result.faces[0].gender in ("Male", "Female")
 
@@ -44,7 +45,7 @@ def test_an_image_that_fails_to_decode_fully_gets_an_error_result(api) -> None: 
     )
     assert (
         result.error.code == "truncated_image"
-        and json.loads(result.json)["error"]["code"] == "truncated_image"
+        and json.loads(result_json(result))["error"]["code"] == "truncated_image"
     )
 
 
@@ -60,7 +61,7 @@ def test_submit_then_get_result(api, analyzer: Analyzer) -> None:  # type: ignor
 
     wait_for(done, 60, "the submitted job to be done")
     status = seen[-1]
-    assert comparable(status.result.json) == comparable(
+    assert comparable(result_json(status.result)) == comparable(
         analyzer.analyze(data, image_id="queued.png").to_json()
     )
 
@@ -141,6 +142,6 @@ def test_a_job_that_keeps_failing_ends_as_an_error_result(services: Services, tm
             result = api.Analyze(image_input_pb2.AnalyzeRequest(image=data, name="doomed.jpg"), timeout=60)
         assert result.error.code == "internal_error"
         assert "failed 3 times" in result.error.message and "NOT_FOUND" in result.error.message
-        assert json.loads(result.json)["faces"] == []
+        assert json.loads(result_json(result))["faces"] == []
     finally:
         replica.stop()

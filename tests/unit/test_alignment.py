@@ -51,7 +51,9 @@ def spot_centres(
     return np.array(centres)
 
 
-def face_of_spots(image_size: int, face_width: float, angle_deg: float) -> tuple[NDArray[np.uint8], NDArray]:
+def face_of_spots(
+    image_size: int, face_width: float, angle_deg: float
+) -> tuple[NDArray[np.uint8], NDArray[np.float64]]:
     """A black image with a white spot at each of 5 landmarks of a rotated face `face_width` wide."""
     centre = image_size / 2
     place = similarity(angle_deg, face_width, 0, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -60,7 +61,9 @@ def test_bad_input_gets_its_error_code(sample_bytes: dict[str, bytes], name: str
     ],
     ids=["jpeg-header-only", "jpeg-quarter", "png-half", "gif-half", "random-bytes", "html"],
 )
-def test_more_broken_files(sample_bytes: dict[str, bytes], cut, code: ErrorCode) -> None:
+def test_more_broken_files(
+    sample_bytes: dict[str, bytes], cut: Callable[[dict[str, bytes]], bytes], code: ErrorCode
+) -> None:
     with pytest.raises(AnalysisError) as caught:
         decode_image(cut(sample_bytes))
     assert caught.value.code is code

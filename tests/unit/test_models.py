@@ -10,7 +10,8 @@ import pytest
 from onnx import numpy_helper
 
 from face_analysis import Analyzer, AnalyzerConfig, ModelError
-from face_analysis.models import MODELS, ModelPaths, denormal_mask, load_model
+from face_analysis.models import MODELS, ModelPaths
+from face_analysis.runtime import denormal_mask, load_model
 
 FIX = "face-analysis models fetch"
 

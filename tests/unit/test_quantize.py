@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from face_analysis.detection.centerface import weighted_nms
+from face_analysis.detection.nms import weighted_nms
 from face_analysis.quantize import CALIBRATION_SIZE, calibration_images, default_calibration_photo
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
@@ -143,14 +144,14 @@ def test_age_range_of(years: float, decade: str) -> None:
     assert age_range_of(years) == decade
 
 
-def test_schema_knows_every_error_code(result_schema: dict) -> None:
+def test_schema_knows_every_error_code(result_schema: dict[str, Any]) -> None:
     error_object = next(
         option for option in result_schema["properties"]["error"]["oneOf"] if option["type"] == "object"
     )
     assert set(error_object["properties"]["code"]["enum"]) == {code.value for code in ErrorCode}
 
 
-def test_schema_version_matches(result_schema: dict) -> None:
+def test_schema_version_matches(result_schema: dict[str, Any]) -> None:
     assert (
         result_schema["properties"]["schema_version"]["const"]
         == json.loads(make_result().to_json())["schema_version"]

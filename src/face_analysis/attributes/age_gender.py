@@ -18,8 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..imaging import RGBImage
-from ..models import load_model
-from ..runtime import Runner, Runtime, create_runner
+from ..runtime import Runner, Runtime, create_runner, load_model
+from ._types import AgeGender
 from .alignment import extract_chip
 
 __all__ = [
@@ -55,17 +55,6 @@ class Calibration:
 
 
 DEFAULT_CALIBRATION = Calibration(age_slope=0.25, age_bias=-0.42, gender_temperature=2.35)
-
-
-@dataclass(frozen=True, slots=True)
-class AgeGender:
-    """One face's estimates."""
-
-    age_years: float
-    age_range: str
-    age_confidence: float
-    gender: str
-    gender_confidence: float
 
 
 def age_range_of(age_years: float) -> str:

@@ -19,11 +19,19 @@ import onnx
 from numpy.typing import NDArray
 
 from ..imaging import RGBImage
-from ..models import load_model
-from ..runtime import Runtime, create_runner
+from ..runtime import Runtime, create_runner, load_model
 from ._types import Detection
+from .nms import Candidates, nms, overlaps, weighted_nms
 
-__all__ = ["ACCURATE_PASSES", "CenterFace", "ScalePass", "input_blob", "nms", "weighted_nms"]
+__all__ = [
+    "ACCURATE_PASSES",
+    "CenterFace",
+    "ScalePass",
+    "input_blob",
+    "nms",
+    "weighted_nms",
+    "with_dynamic_size",
+]
 
 _STRIDE = 4
 _ALIGN = 32  # the network downsamples by 32: input sides must be multiples of it
@@ -32,7 +40,6 @@ _MULTI_NMS_IOU = 0.4
 _MAX_LANDMARK_FACE = 256.0  # face height, in network-input pixels, above which landmarks drift
 _REFINED_FACE = 160.0
 _MATCH_IOU = 0.5  # a face and its re-read in the smaller look
-_Candidates = tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,7 @@ class CenterFace:
 
     def _detect_multi(self, image: RGBImage, min_confidence: float) -> list[Detection]:
         height, width = image.shape[:2]
-        found: list[_Candidates] = []
+        found: list[Candidates] = []
         for look in self.passes:
             scale = look.size / max(height, width)
             boxes, scores, landmarks = self._candidates(image, scale, min_confidence)
@@ -152,7 +159,7 @@ class CenterFace:
         boxes, scores, landmarks = weighted_nms(boxes, scores, landmarks, _MULTI_NMS_IOU)
         return _detections(boxes, scores, landmarks, width, height)
 
-    def _candidates(self, image: RGBImage, scale: float, min_confidence: float) -> _Candidates:
+    def _candidates(self, image: RGBImage, scale: float, min_confidence: float) -> Candidates:
         """Every heatmap cell above `min_confidence` (no NMS), in the image's pixels."""
         heatmap, log_size, offset, points = self.network(input_blob(image, scale))
         boxes, scores, landmarks = _decode(heatmap[0, 0], log_size[0], offset[0], points[0], min_confidence)
@@ -183,9 +190,9 @@ def _best_match(face: Detection, candidates: Sequence[Detection]) -> Detection |
         return None
     boxes = np.array([face.box, *(other.box for other in candidates)], dtype=np.float32)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    overlaps = _overlaps(boxes, areas, np.intp(0), np.arange(1, len(boxes)))
-    best = int(np.argmax(overlaps))
-    return candidates[best] if overlaps[best] >= _MATCH_IOU else None
+    ious = overlaps(boxes, areas, np.intp(0), np.arange(1, len(boxes)))
+    best = int(np.argmax(ious))
+    return candidates[best] if ious[best] >= _MATCH_IOU else None
 
 
 def _detections(
@@ -226,58 +233,3 @@ def _decode(
         axis=2,
     ).astype(np.float32)
     return boxes, scores.astype(np.float32), landmarks
-
-
-def _overlaps(
-    boxes: NDArray[np.float32], areas: NDArray[np.float32], best: np.intp, others: NDArray[np.intp]
-) -> NDArray[np.float32]:
-    """IoU of box `best` with each of `others`."""
-    ix1 = np.maximum(boxes[best, 0], boxes[others, 0])
-    iy1 = np.maximum(boxes[best, 1], boxes[others, 1])
-    ix2 = np.minimum(boxes[best, 2], boxes[others, 2])
-    iy2 = np.minimum(boxes[best, 3], boxes[others, 3])
-    inter = (ix2 - ix1).clip(0) * (iy2 - iy1).clip(0)
-    overlap: NDArray[np.float32] = inter / (areas[best] + areas[others] - inter + 1e-9)
-    return overlap
-
-
-def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) -> NDArray[np.intp]:
-    """Greedy non-maximum suppression; indices of the kept boxes, best first."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep: list[int] = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(int(best))
-        order = rest[_overlaps(boxes, areas, best, rest) <= iou]
-    return np.asarray(keep, dtype=np.intp)
-
-
-def weighted_nms(
-    boxes: NDArray[np.float32], scores: NDArray[np.float32], landmarks: NDArray[np.float32], iou: float
-) -> _Candidates:
-    """NMS that replaces each kept box (and its landmarks) by the score-weighted mean of the boxes
-    it suppresses (itself included); the score stays the best one. Best first."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    out_boxes: list[NDArray[np.float32]] = []
-    out_points: list[NDArray[np.float32]] = []
-    out_scores: list[float] = []
-    while order.size:
-        best = order[0]
-        overlap = _overlaps(boxes, areas, best, order)
-        group = order[overlap > iou]
-        if group.size == 0:  # a degenerate (zero-area) box overlaps nothing, not even itself
-            group = order[:1]
-        weights = scores[group] / scores[group].sum()
-        out_boxes.append((boxes[group] * weights[:, None]).sum(axis=0))
-        out_points.append((landmarks[group] * weights[:, None, None]).sum(axis=0))
-        out_scores.append(float(scores[best]))
-        order = order[(overlap <= iou) & (order != best)]
-    if not out_scores:
-        return boxes[:0], scores[:0], landmarks[:0]
-    return (
-        np.asarray(out_boxes, dtype=np.float32),
-        np.asarray(out_scores, dtype=np.float32),
-        np.asarray(out_points, dtype=np.float32),
-    )

@@ -41,7 +41,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -50,28 +49,21 @@ import numpy as np
 
 from ..errors import AnalysisError, ErrorCode
 from ..imaging import RGBImage
+from ..settings import DEFAULT_ROBOFLOW_API_URL, RoboflowSettings
 from ._types import Detection
-from .centerface import nms
+from .nms import nms
 
 __all__ = [
     "DEFAULT_API_URL",
     "ROBOFLOW_API_KEY_ENV",
-    "ROBOFLOW_API_URL_ENV",
-    "ROBOFLOW_CLASSES_ENV",
-    "ROBOFLOW_MODEL_ENV",
-    "ROBOFLOW_VERSION_ENV",
     "RoboflowDetector",
     "RoboflowSettings",
     "api_key_from_env",
 ]
 
+# The key is read from the environment only, never from settings or the command line.
 ROBOFLOW_API_KEY_ENV = "ROBOFLOW_API_KEY"
-# Read by the command line (and the services), never by the library itself.
-ROBOFLOW_MODEL_ENV = "ROBOFLOW_MODEL"
-ROBOFLOW_VERSION_ENV = "ROBOFLOW_VERSION"
-ROBOFLOW_API_URL_ENV = "ROBOFLOW_API_URL"
-ROBOFLOW_CLASSES_ENV = "ROBOFLOW_CLASSES"
-DEFAULT_API_URL = "https://detect.roboflow.com"
+DEFAULT_API_URL = DEFAULT_ROBOFLOW_API_URL
 
 _LOG = logging.getLogger(__name__)
 _JPEG_QUALITY = 90
@@ -90,60 +82,6 @@ _CLIENT_HINTS = {
 
 def _retryable(status: int) -> bool:
     return status in (408, 429) or (status >= 500 and status != 501)
-
-
-@dataclass(frozen=True, slots=True)
-class RoboflowSettings:
-    """Which Roboflow model to call and how; the API key is not here (see `api_key_from_env`).
-
-    model, version: the model id ("project" slug) and version number, as in the model's URL.
-    api_url: the inference server (a self-hosted Roboflow Inference server works too).
-    timeout: seconds per attempt for connecting and for each read.
-    retries: further attempts after a failed one (429, 5xx, connection error, timeout).
-    backoff: first wait between attempts in seconds, doubled each time (with jitter), at most
-        `max_backoff`; a longer ``Retry-After`` is honoured up to `max_retry_after`, beyond
-        which the image fails at once rather than block the batch.
-    max_upload_side: the image is shrunk so its long side is at most this before upload
-        (models run at 640 px or less, so more pixels only cost upload time).
-    max_upload_bytes: the base64 body is kept under this (the legacy hosted API's limit is 5 MB).
-    classes: keep only predictions of these classes (case-insensitive); empty: keep all.
-    """
-
-    model: str | None = None
-    version: int | None = None
-    api_url: str = DEFAULT_API_URL
-    timeout: float = 10.0
-    retries: int = 3
-    backoff: float = 0.5
-    max_backoff: float = 8.0
-    max_retry_after: float = 60.0
-    max_upload_side: int = 1280
-    max_upload_bytes: int = 4_000_000
-    classes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.model is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.model):
-            raise ValueError(f"invalid Roboflow model id {self.model!r} (letters, digits, '.', '_', '-')")
-        if self.version is not None and self.version < 0:
-            raise ValueError("the Roboflow model version must be a non-negative number")
-        if urllib.parse.urlsplit(self.api_url).scheme not in ("http", "https"):
-            raise ValueError(f"the Roboflow API URL must start with http:// or https://: {self.api_url!r}")
-        if self.timeout <= 0 or self.backoff < 0 or self.max_backoff < 0 or self.max_retry_after < 0:
-            raise ValueError("Roboflow timeout must be positive and waits not negative")
-        if self.retries < 0:
-            raise ValueError("Roboflow retries must not be negative")
-        if not 32 <= self.max_upload_side <= 8192:
-            raise ValueError("max_upload_side must be between 32 and 8192 pixels")
-        if self.max_upload_bytes < 10_000:
-            raise ValueError("max_upload_bytes must be at least 10000")
-
-    def check_complete(self) -> None:
-        """Raise ValueError unless a model id and version are set."""
-        if self.model is None or self.version is None:
-            raise ValueError(
-                "the Roboflow detector needs a model id and a version: --roboflow-model and "
-                f"--roboflow-version, or ${ROBOFLOW_MODEL_ENV} and ${ROBOFLOW_VERSION_ENV}"
-            )
 
 
 def api_key_from_env() -> str:
@@ -168,7 +106,7 @@ class RoboflowDetector:
         settings.check_complete()
         self.settings = settings
         self._key = api_key if api_key is not None else api_key_from_env()
-        self.name = f"roboflow:{settings.model}/{settings.version}"
+        self.name = settings.detector_name
         self._endpoint = (
             f"{settings.api_url.rstrip('/')}/{urllib.parse.quote(str(settings.model))}/{settings.version}"
         )

@@ -1,7 +1,9 @@
-"""The age gender service: `Analyzer.load` + `Analyzer.estimate` on a job's image and detections.
+"""The age gender service: `steps.build_estimator`'s step on a job's image and detections.
 
-Reads `img:{job}` and `det:{job}`, writes `age:{job}` (AgeGenderEstimates), replies with the
-face count. Stateless: run as many replicas as the CPUs allow.
+Reads `det:{job}` and the decoded pixels `rgb:{job}` (else `img:{job}`, decoded again), writes
+`age:{job}` (AgeGenderEstimates with the estimator's stamp), replies with the face count. Builds
+only the estimator: it needs the age and gender model files. Stateless: run as many replicas as
+the CPUs allow.
 """
 
 from __future__ import annotations
@@ -11,21 +13,15 @@ import threading
 import time
 
 import grpc
+import numpy as np
 
 from ..errors import AnalysisError
-from ..imaging import RGBImage
-from ..pipeline import Analyzer
+from ..imaging import RGBImage, decode_image
 from ..results import ResultError
-from .common import (
-    Metrics,
-    job_id_problem,
-    log,
-    make_analyzer,
-    redis_unavailable,
-    reject_invalid,
-    run_server,
-)
-from .convert import detections_from_proto, error_to_proto, estimates_to_proto
+from ..settings import DecodeLimits
+from ..steps import EstimationStep, build_estimator
+from .common import Metrics, job_id_problem, log, redis_unavailable, reject_invalid, run_server
+from .convert import detections_from_proto, error_to_proto, estimates_to_proto, stamp_to_proto
 from .generated import age_gender_pb2, age_gender_pb2_grpc
 from .settings import Settings
 from .store import JobStore
@@ -36,8 +32,17 @@ SERVICE_NAME = "faceanalysis.v1.AgeGender"
 
 
 class AgeGenderService(age_gender_pb2_grpc.AgeGenderServicer):
-    def __init__(self, analyzer: Analyzer, store: JobStore, metrics: Metrics, model_slots: int = 1) -> None:
-        self.analyzer = analyzer
+    def __init__(
+        self,
+        estimation: EstimationStep,
+        limits: DecodeLimits,
+        store: JobStore,
+        metrics: Metrics,
+        model_slots: int = 1,
+    ) -> None:
+        self.estimation = estimation
+        self.limits = limits
+        self.stamp = stamp_to_proto(estimation.stamp)
         self.store = store
         self.metrics = metrics
         # Runs at once: each already uses every onnxruntime thread, more would only contend for the
@@ -66,21 +71,21 @@ class AgeGenderService(age_gender_pb2_grpc.AgeGenderServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"job {job_id} has no faces to estimate: {detected.error.code}",
             )
-        message = age_gender_pb2.AgeGenderEstimates()
+        message = age_gender_pb2.AgeGenderEstimates(stamp=self.stamp)
         error: ResultError | None = None
         clock = time.perf_counter()
         try:
             detections = detections_from_proto(detected)
             if detections:
-                image = self.analyzer.load(data)
+                image = data if isinstance(data, np.ndarray) else decode_image(data, self.limits)
                 with self._slots:
-                    estimates = self.analyzer.estimate(image, detections)
+                    estimates = self.estimation.estimate(image, detections)
                 message.estimates.extend(estimates_to_proto(estimates))
         except Exception as exc:  # as in the embedded mode: the image gets an error result
             if not isinstance(exc, AnalysisError):
                 log(logging.ERROR, "estimation failed", job_id=job_id, error=repr(exc))
             error = ResultError.of(exc)
-        message.age_gender_ms = (time.perf_counter() - clock) * 1000
+        message.timings.age_gender = (time.perf_counter() - clock) * 1000
         if error is not None:
             del message.estimates[:]
             message.error.CopyFrom(error_to_proto(error))
@@ -92,16 +97,15 @@ class AgeGenderService(age_gender_pb2_grpc.AgeGenderServicer):
 
 
 def serve(settings: Settings) -> None:
-    metrics = Metrics("age-gender")
-    service = AgeGenderService(
-        make_analyzer(settings, "estimate"),
-        JobStore(settings),
-        metrics,
-        settings.model_slots,
-    )
+    estimation = build_estimator(settings.analysis)
+    estimation.warm_up()  # the first runs are slow
+    store = JobStore(settings)
+    limits = settings.analysis.limits
+    service = AgeGenderService(estimation, limits, store, Metrics("age-gender"), settings.model_slots)
     run_server(
         "age-gender",
         settings,
         lambda server: age_gender_pb2_grpc.add_AgeGenderServicer_to_server(service, server),
         SERVICE_NAME,
+        announce=lambda: store.announce("age-gender", service.stamp),
     )

@@ -1,28 +1,37 @@
 """What `face-analysis serve` and `face-analysis stack up` run (kept apart from the core CLI so
-that the embedded mode never imports gRPC or Redis)."""
+that the embedded mode never imports gRPC or Redis).
+
+A service that cannot start as configured (bad settings, a missing or corrupt model file, the
+Roboflow detector without its key, a missing extra) prints one line and exits with
+`FACE_ANALYSIS_CONFIG_ERROR_STATUS` (78, EX_CONFIG): restarting it cannot help, so `face-analysis
+stack` stops, and Compose, which sets the status to 0, does not restart it (`restart:
+on-failure`). Any other failure (e.g. the port is taken) exits 1, which is worth a restart.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import cast
+from typing import NoReturn, cast
 
 import click
 
-from ..errors import ModelError
-from .settings import ServiceName, Settings, SettingsError
+from ..errors import ModelError, SettingsError
+from .settings import ServiceName, Settings
 
 
-def _settings(environ: dict[str, str] | None = None) -> Settings:
-    try:
-        return Settings.from_env(environ)
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+def _fail(message: object, status: int) -> NoReturn:
+    click.echo(f"error: {message}".replace("\n", " "), err=True)
+    sys.exit(status)
 
 
 def serve_command(service: str) -> None:
-    settings = _settings()
+    misconfigured = Settings.config_error_status_of()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        _fail(exc, misconfigured)
     try:
         import grpc  # noqa: F401  (the services extra)
         import prometheus_client  # noqa: F401
@@ -30,21 +39,13 @@ def serve_command(service: str) -> None:
 
         from . import serve
     except ImportError as exc:
-        click.echo(
-            f"error: {exc}; install the services extra: pip install 'face-analysis[services]'", err=True
-        )
-        sys.exit(2)
+        _fail(f"{exc}; install the services extra: pip install 'face-analysis[services]'", misconfigured)
     try:
         serve(cast(ServiceName, service), settings)
-    except ModelError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(3)
-    except SettingsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    except (ModelError, SettingsError, ImportError, ValueError) as exc:  # restarting cannot help
+        _fail(exc, settings.config_error_status)
     except OSError as exc:  # e.g. the port is taken: worth a restart later
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc, 1)
 
 
 def stack_up_command(input_dir: Path, output_dir: Path, redis_url: str) -> None:
@@ -57,14 +58,14 @@ def stack_up_command(input_dir: Path, output_dir: Path, redis_url: str) -> None:
         "PYTHONUNBUFFERED": "1",
     }
     environ = {**os.environ, **overrides}
-    settings = _settings(environ)
+    try:
+        settings = Settings.from_env(environ)
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         from .common import configure_logging
         from .stack import Stack
     except ImportError as exc:
-        click.echo(
-            f"error: {exc}; install the services extra: pip install 'face-analysis[services]'", err=True
-        )
-        sys.exit(2)
+        _fail(f"{exc}; install the services extra: pip install 'face-analysis[services]'", 2)
     configure_logging("stack", settings.log_level)
     sys.exit(Stack(settings, environ).run())

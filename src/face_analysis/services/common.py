@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -21,36 +20,20 @@ from collections.abc import Callable
 from concurrent import futures
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import grpc
-import numpy as np
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from ..detection import CenterFace, Detection
-from ..detection.roboflow import (
-    DEFAULT_API_URL,
-    ROBOFLOW_API_URL_ENV,
-    ROBOFLOW_CLASSES_ENV,
-    ROBOFLOW_MODEL_ENV,
-    ROBOFLOW_VERSION_ENV,
-    RoboflowSettings,
-)
-from ..errors import AnalysisError, ErrorCode
-from ..imaging import RGBImage
-from ..pipeline import Analyzer, AnalyzerConfig, Precision
 from .settings import ServiceName, Settings
 
 __all__ = [
     "JOB_ID_PATTERN",
     "Metrics",
-    "StampOnly",
-    "analyzer_config",
     "configure_logging",
     "job_id_problem",
-    "make_analyzer",
     "name_problem",
     "redis_unavailable",
     "reject_invalid",
@@ -60,6 +43,7 @@ __all__ = [
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _MAX_NAME = 255
+_ANNOUNCE_EVERY_S = 10.0  # well within the stamp's TTL (store.STAMP_TTL_S)
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 logger = logging.getLogger("face_analysis.services")
@@ -210,63 +194,6 @@ class Metrics:
         self._in_flight.labels(self.service).inc(delta)
 
 
-# The analyzer the services share with the embedded mode.
-
-
-class StampOnly:
-    """Stands in for the detector another service ran: lends its name to results, never detects."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def detect(self, image: RGBImage, min_confidence: float) -> list[Detection]:
-        raise AnalysisError(ErrorCode.DETECTOR_FAILED, "this service does not detect faces")
-
-
-def analyzer_config(settings: Settings, detector: str | None = None) -> AnalyzerConfig:
-    """The library's config from the services' settings (and the CLI's `ROBOFLOW_*` variables)."""
-    detector = detector or settings.detector
-    roboflow = RoboflowSettings()
-    if detector == "roboflow":
-        version = os.environ.get(ROBOFLOW_VERSION_ENV, "").strip()
-        roboflow = RoboflowSettings(
-            model=os.environ.get(ROBOFLOW_MODEL_ENV, "").strip() or None,
-            version=int(version) if version.isdigit() else None,
-            api_url=os.environ.get(ROBOFLOW_API_URL_ENV, "").strip() or DEFAULT_API_URL,
-            classes=tuple(c for c in re.split(r"[,\s]+", os.environ.get(ROBOFLOW_CLASSES_ENV, "")) if c),
-        )
-    return AnalyzerConfig(
-        detect_size=settings.detect_size,
-        min_confidence=settings.min_confidence,
-        threads=settings.onnx_threads(),
-        model_dir=settings.model_dir,
-        detector="roboflow" if detector == "roboflow" else "centerface",
-        roboflow=roboflow,
-        preset="accurate" if settings.preset == "accurate" else "fast",
-        runtime="openvino" if settings.runtime == "openvino" else "onnxruntime",
-        precision=cast(Precision, settings.precision),
-    )
-
-
-def make_analyzer(settings: Settings, role: Literal["detect", "estimate", "store"]) -> Analyzer:
-    """The library's Analyzer with the services' settings, loading only the models `role` runs
-    and warmed up (first runs are slow): the face landmark service detects, age gender estimates,
-    data storage only builds results. Those that do not detect stand the configured detector's
-    name in (StampOnly): they neither load CenterFace nor need the Roboflow settings."""
-    if role == "detect":
-        analyzer = Analyzer(analyzer_config(settings), estimates=False)
-        if settings.detector == "centerface":  # never call a hosted API at start-up
-            analyzer.detect(np.full((64, 64, 3), 128, dtype=np.uint8))
-        return analyzer
-    stamp = CenterFace.name if settings.detector == "centerface" else "roboflow"
-    config = analyzer_config(settings, "centerface")
-    analyzer = Analyzer(config, detector=StampOnly(stamp), estimates=role == "estimate")
-    if role == "estimate":
-        blank = np.full((64, 64, 3), 128, dtype=np.uint8)
-        analyzer.estimate(blank, [Detection(box=(8.0, 8.0, 56.0, 56.0), score=1.0, landmarks=None)])
-    return analyzer
-
-
 # The server.
 
 
@@ -276,10 +203,12 @@ def run_server(
     register: Callable[[grpc.Server], None],
     grpc_service_name: str,
     on_stop: Callable[[], None] | None = None,
+    announce: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully.
 
-    The standard health service reports SERVING while up. On a signal: health goes
+    The standard health service reports SERVING while up; `announce` (say in Redis what this
+    service runs) is called at start and every `_ANNOUNCE_EVERY_S`. On a signal: health goes
     NOT_SERVING, `on_stop` runs (stop taking work, finish or hand back what is in flight), then
     the server stops accepting RPCs and lets running ones finish within the grace period.
     """
@@ -304,6 +233,17 @@ def run_server(
     metrics_port = settings.metrics_port(service)
     if metrics_port:
         start_http_server(metrics_port, addr=settings.bind_host)
+
+    def announce_now() -> float:
+        """Announce (before health says SERVING, so callers find the announcement); next time."""
+        if announce is not None:
+            try:
+                announce()
+            except redis.RedisError as exc:
+                log(logging.WARNING, "redis unreachable while announcing", error=str(exc))
+        return time.monotonic() + _ANNOUNCE_EVERY_S
+
+    next_announcement = announce_now()
     server.start()
     for name in ("", grpc_service_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -317,8 +257,8 @@ def run_server(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    while not stop.wait(1.0):
-        pass
+    while not stop.wait(max(0.0, next_announcement - time.monotonic())):
+        next_announcement = announce_now()
     started = time.monotonic()
     health_servicer.enter_graceful_shutdown()
     if on_stop is not None:

@@ -1,40 +1,45 @@
 """The data storage service: a job's pieces in Redis -> the result JSON on disk.
 
-Builds the result with the library (`faces_of` + `Analyzer.result`, so it is the embedded
-mode's JSON), writes it with `write_json_atomic`, keeps it queryable by job id (`res:{job}`)
-and deletes the job's intermediates. Idempotent: a result already up to date on disk is not
-written again (a job delivered twice, e.g. after a crash, writes its file once).
+Builds the result with the library (`faces_of` + `make_result`, so it is the embedded mode's
+JSON), stamped with what the steps that ran stamped (or, for a step that did not run, what that
+service announces), writes it with `write_json_atomic`, keeps it queryable by job id
+(`res:{job}`) and deletes the job's intermediates. Idempotent: a result already up to date on
+disk is not written again (a job delivered twice, e.g. after a crash, writes its file once).
+Needs no model file and loads no model runtime.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import grpc
 
 from ..batch import Job, is_up_to_date
-from ..pipeline import faces_of
-from ..results import ImageResult, write_json_atomic
+from ..results import Face, ImageResult, ResultError, Stamp, faces_of, make_result, write_json_atomic
 from .common import (
     Metrics,
     job_id_problem,
     log,
-    make_analyzer,
     name_problem,
     redis_unavailable,
     reject_invalid,
     relative_path_problem,
     run_server,
 )
-from .convert import detections_from_proto, error_from_proto, estimates_from_proto, result_from_json
-from .generated import aggregator_pb2, aggregator_pb2_grpc, landmark_detection_pb2
+from .convert import (
+    detections_from_proto,
+    error_from_proto,
+    estimates_from_proto,
+    result_to_proto,
+    stamp_from_proto,
+    timings_from_proto,
+)
+from .generated import age_gender_pb2, aggregator_pb2, aggregator_pb2_grpc, common_pb2, landmark_detection_pb2
 from .settings import Settings, SettingsError
 from .store import JobStore
 
@@ -58,9 +63,6 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
         self, settings: Settings, store: JobStore, metrics: Metrics, output_dir: Path, input_dir: Path | None
     ) -> None:
         self.settings = settings
-        # Builds the results; they carry the stamp (models, settings) of the analyzer that
-        # detected their faces, which comes with the detections.
-        self.analyzer = make_analyzer(settings, "store")
         self.store = store
         self.metrics = metrics
         self.output_dir = output_dir.resolve()
@@ -95,55 +97,62 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
         return output, source
 
     def _build(self, request: aggregator_pb2.StoreRequest) -> ImageResult:
+        """The job's result from its request and its intermediates in Redis."""
         detected = self.store.get_detections(request.job_id)
-        result = self._assemble(request, detected)
-        if detected is not None and detected.stamp_json:
-            stamp = json.loads(detected.stamp_json)
-            result = replace(result, models=stamp["models"], settings=stamp["settings"])
-        return result
-
-    def _assemble(
-        self, request: aggregator_pb2.StoreRequest, detected: landmark_detection_pb2.FaceDetections | None
-    ) -> ImageResult:
-        job_id = request.job_id
-        started = datetime.fromtimestamp(request.started_at) if request.started_at > 0 else datetime.now()
-        timings = dict(request.timings_ms)
-        size = None if detected is None or detected.width <= 0 else (detected.width, detected.height)
-        analyzer = self.analyzer
-        if detected is not None and size is not None:  # no step timings for an image never decoded
-            timings = {"decode": detected.decode_ms, "detect": detected.detect_ms, **timings}
+        estimated = None
         if request.HasField("error"):
             try:
-                error = error_from_proto(request.error)
+                error: ResultError | None = error_from_proto(request.error)
             except ValueError:
                 raise _Invalid(
                     grpc.StatusCode.INVALID_ARGUMENT, f"unknown error code {request.error.code!r}"
                 ) from None
-            return analyzer.result(request.image_id, (), size, started, timings, error)
-        if detected is None:
+        elif detected is None:
             raise _Invalid(
-                grpc.StatusCode.NOT_FOUND, f"no detections for job {job_id} in Redis (expired or lost)"
+                grpc.StatusCode.NOT_FOUND,
+                f"no detections for job {request.job_id} in Redis (expired or lost)",
             )
-        if detected.HasField("error"):
-            return analyzer.result(
-                request.image_id, (), size, started, timings, error_from_proto(detected.error)
+        elif detected.HasField("error"):
+            error = error_from_proto(detected.error)
+        else:
+            if detected.faces:
+                estimated = self.store.get_estimates(request.job_id)
+                if estimated is None:
+                    raise _Invalid(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"no estimates for job {request.job_id} in Redis (expired or lost)",
+                    )
+            error = (
+                None
+                if estimated is None or not estimated.HasField("error")
+                else error_from_proto(estimated.error)
             )
-        if not detected.faces:
-            return analyzer.result(request.image_id, (), size, started, timings)
-        estimated = self.store.get_estimates(job_id)
-        if estimated is None:
-            raise _Invalid(
-                grpc.StatusCode.NOT_FOUND, f"no estimates for job {job_id} in Redis (expired or lost)"
-            )
-        timings = {**timings, "age_gender": estimated.age_gender_ms}
-        if "total" in timings:  # keep the embedded mode's order of keys
-            timings["total"] = timings.pop("total")
-        if estimated.HasField("error"):
-            return analyzer.result(
-                request.image_id, (), size, started, timings, error_from_proto(estimated.error)
-            )
-        faces = faces_of(detections_from_proto(detected), estimates_from_proto(estimated))
-        return analyzer.result(request.image_id, faces, size, started, timings)
+        faces: tuple[Face, ...] = ()
+        if error is None and detected is not None and estimated is not None:
+            faces = faces_of(detections_from_proto(detected), estimates_from_proto(estimated))
+        timings = common_pb2.Timings()
+        for part in (detected, estimated, request):
+            if part is not None:
+                timings.MergeFrom(part.timings)
+        size = None if detected is None or detected.width <= 0 else (detected.width, detected.height)
+        started = datetime.fromtimestamp(request.started_at) if request.started_at > 0 else datetime.now()
+        stamp = self._stamp(detected, estimated)
+        return make_result(request.image_id, faces, size, started, timings_from_proto(timings), stamp, error)
+
+    def _stamp(
+        self,
+        detected: landmark_detection_pb2.FaceDetections | None,
+        estimated: age_gender_pb2.AgeGenderEstimates | None,
+    ) -> Stamp:
+        """The stamps of the steps that ran for the job, else those their services announce."""
+        detector = detected.stamp if detected is not None and detected.HasField("stamp") else None
+        estimator = estimated.stamp if estimated is not None and estimated.HasField("stamp") else None
+        detector = detector or self.store.announced("face-landmark")
+        estimator = estimator or self.store.announced("age-gender")
+        first, second = (
+            Stamp() if part is None else stamp_from_proto(part) for part in (detector, estimator)
+        )
+        return first.merge(second)
 
     @redis_unavailable
     def Store(
@@ -158,14 +167,11 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
                     if source is not None
                     else output.is_file()
                 )
-                if current:
-                    text = output.read_text(encoding="utf-8")
-                    written = False
-                else:
+                result = _read_result(output) if current else None
+                written = result is None
+                if result is None:
                     result = self._build(request)
-                    text = result.to_json()
-                    write_json_atomic(output, text)
-                    written = True
+                    write_json_atomic(output, result.to_json())
                     self.metrics.image(result.ok, len(result.faces))
                     if result.error is not None:
                         self.metrics.error(result.error.code.value)
@@ -178,7 +184,8 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
                         faces=len(result.faces),
                         error=None if result.error is None else result.error.code.value,
                     )
-            self.store.put_result(request.job_id, text)
+            reply = result_to_proto(request.job_id, result)
+            self.store.put_result(request.job_id, reply)
             self.store.delete_intermediates(request.job_id)
         except _Invalid as exc:
             self.metrics.error(exc.code.name)
@@ -188,22 +195,33 @@ class DataStorageService(aggregator_pb2_grpc.DataStorageServicer):
             log(logging.ERROR, "cannot write result", job_id=request.job_id, error=str(exc))
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write the result: {exc.strerror or exc}")
         self.metrics.stage("store", time.perf_counter() - clock)
-        return aggregator_pb2.StoreReply(result=result_from_json(request.job_id, text), written=written)
+        return aggregator_pb2.StoreReply(result=reply, written=written)
 
     @redis_unavailable
     def GetResult(
         self, request: aggregator_pb2.GetResultRequest, context: grpc.ServicerContext
     ) -> aggregator_pb2.AnalysisResult:
         reject_invalid(context, self.metrics, job_id_problem(request.job_id))
-        text = self.store.get_result(request.job_id)
-        if text is None:
-            # An API job's result outlives Redis on disk; the id was checked, so this is no path trick.
-            path = self.output_dir / API_RESULTS_FOLDER / f"{request.job_id}.json"
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"no result for job {request.job_id}")
-        return result_from_json(request.job_id, text)
+        stored = self.store.get_result(request.job_id)
+        if stored is not None:
+            return stored
+        # An API job's result outlives Redis on disk; the id was checked, so this is no path trick.
+        path = self.output_dir / API_RESULTS_FOLDER / f"{request.job_id}.json"
+        try:
+            result = _read_result(path)
+        except OSError:
+            result = None
+        if result is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no result for job {request.job_id}")
+        return result_to_proto(request.job_id, result)
+
+
+def _read_result(path: Path) -> ImageResult | None:
+    """A result written earlier; None when the file is not one (e.g. hand-edited)."""
+    try:
+        return ImageResult.from_json(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
 
 
 def serve(settings: Settings) -> None:

@@ -1,12 +1,13 @@
-"""The face landmark service: `Analyzer.load` + `Analyzer.detect` on a job's image in Redis.
+"""The face landmark service: decode + `steps.build_detector`'s step on a job's image in Redis.
 
-Reads `img:{job}`, writes `det:{job}` (FaceDetections, with the decode or detector error if
-any), replies with the face count. Stateless: run as many replicas as the CPUs allow.
+Reads `img:{job}`, writes `det:{job}` (FaceDetections with the detector's stamp, and the decode
+or detector error if any), replies with the face count. Builds only the detector: it needs the
+CenterFace model file (no model file at all for Roboflow). Stateless: run as many replicas as
+the CPUs allow.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -14,10 +15,12 @@ import time
 import grpc
 
 from ..errors import AnalysisError
-from ..pipeline import Analyzer
+from ..imaging import decode_image
 from ..results import ResultError
-from .common import Metrics, job_id_problem, log, make_analyzer, redis_unavailable, reject_invalid, run_server
-from .convert import detections_to_proto, error_to_proto
+from ..settings import DecodeLimits
+from ..steps import DetectionStep, build_detector
+from .common import Metrics, job_id_problem, log, redis_unavailable, reject_invalid, run_server
+from .convert import detections_to_proto, error_to_proto, stamp_to_proto
 from .generated import landmark_detection_pb2, landmark_detection_pb2_grpc
 from .settings import Settings
 from .store import JobStore
@@ -28,15 +31,22 @@ SERVICE_NAME = "faceanalysis.v1.FaceLandmark"
 
 
 class FaceLandmarkService(landmark_detection_pb2_grpc.FaceLandmarkServicer):
-    def __init__(self, analyzer: Analyzer, store: JobStore, metrics: Metrics, model_slots: int = 1) -> None:
-        self.analyzer = analyzer
+    def __init__(
+        self,
+        detection: DetectionStep,
+        limits: DecodeLimits,
+        store: JobStore,
+        metrics: Metrics,
+        model_slots: int = 1,
+    ) -> None:
+        self.detection = detection
+        self.limits = limits
         self.store = store
         self.metrics = metrics
         # Runs at once: each already uses every onnxruntime thread, more would only contend for the
         # cores and hold one arena of activations each.
         self._slots = threading.BoundedSemaphore(model_slots)
-        models, settings = analyzer.stamp
-        self._stamp = json.dumps({"models": models, "settings": settings})
+        self.stamp = stamp_to_proto(detection.stamp)
 
     @redis_unavailable
     def Detect(
@@ -48,17 +58,17 @@ class FaceLandmarkService(landmark_detection_pb2_grpc.FaceLandmarkServicer):
         if data is None:
             self.metrics.error("NOT_FOUND")
             context.abort(grpc.StatusCode.NOT_FOUND, f"no image for job {job_id} in Redis (expired or lost)")
-        message = landmark_detection_pb2.FaceDetections(stamp_json=self._stamp)
+        message = landmark_detection_pb2.FaceDetections(stamp=self.stamp)
         error: ResultError | None = None
         clock = time.perf_counter()
         try:
-            image = self.analyzer.load(data)
+            image = decode_image(data, self.limits)
             message.width, message.height = int(image.shape[1]), int(image.shape[0])
-            message.decode_ms = (time.perf_counter() - clock) * 1000
+            message.timings.decode = (time.perf_counter() - clock) * 1000
             step = time.perf_counter()
             with self._slots:
-                detections = self.analyzer.detect(image)
-            message.detect_ms = (time.perf_counter() - step) * 1000
+                detections = self.detection.detect(image)
+            message.timings.detect = (time.perf_counter() - step) * 1000
             message.faces.extend(detections_to_proto(detections))
             if detections:
                 self.store.put_pixels(job_id, image)
@@ -81,13 +91,15 @@ class FaceLandmarkService(landmark_detection_pb2_grpc.FaceLandmarkServicer):
 
 
 def serve(settings: Settings) -> None:
-    metrics = Metrics("face-landmark")
-    service = FaceLandmarkService(
-        make_analyzer(settings, "detect"), JobStore(settings), metrics, settings.model_slots
-    )
+    detection = build_detector(settings.analysis)
+    detection.warm_up()  # the first runs are slow
+    store = JobStore(settings)
+    limits = settings.analysis.limits
+    service = FaceLandmarkService(detection, limits, store, Metrics("face-landmark"), settings.model_slots)
     run_server(
         "face-landmark",
         settings,
         lambda server: landmark_detection_pb2_grpc.add_FaceLandmarkServicer_to_server(service, server),
         SERVICE_NAME,
+        announce=lambda: store.announce("face-landmark", service.stamp),
     )

@@ -4,20 +4,27 @@ Usage::
 
     settings = Settings.from_env()          # os.environ; raises SettingsError on a bad value
     settings.redis_url, settings.port("face-landmark"), settings.address("age-gender")
+    settings.analysis                       # the AnalyzerConfig every service shares
 
-Every field is the variable `FACE_ANALYSIS_` + its name upper-cased (`redis_url` ->
-`FACE_ANALYSIS_REDIS_URL`); `_HELP` says what the README's table says.
+Every option is the variable `FACE_ANALYSIS_` + its name upper-cased (`redis_url` ->
+`FACE_ANALYSIS_REDIS_URL`), defined once below with its type, default and help; `analysis` holds
+the analysis options, the same variables as `face-analysis analyze` reads (see
+`face_analysis.settings`). The README's tables list them; a test checks the tables, compose's
+defaults and .env.example against them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
+
+from pydantic import Field, field_validator
+
+from ..errors import EX_CONFIG, SettingsError
+from ..settings import AnalyzerConfig, SettingsModel
 
 __all__ = ["ENV_PREFIX", "SERVICES", "ServiceName", "Settings", "SettingsError"]
 
@@ -26,168 +33,113 @@ ServiceName = Literal["image-input", "face-landmark", "age-gender", "data-storag
 SERVICES: tuple[ServiceName, ...] = get_args(ServiceName)
 
 
-class SettingsError(ValueError):
-    """An environment variable has a value the services cannot use."""
+def _port(default: int, what: str) -> int:
+    return Field(default, ge=0, le=65535, description=what)
 
 
-_HELP = {
-    "redis_url": "Redis holding queues and intermediates",
-    "key_prefix": "prefix of every Redis key (several stacks can share one Redis)",
-    "input_dir": "folder the image input service watches (unset: API only)",
-    "output_dir": "folder the data storage service writes results to (required)",
-    "image_input_port": "gRPC port of the image input service (the public API)",
-    "face_landmark_port": "gRPC port of the face landmark service",
-    "age_gender_port": "gRPC port of the age gender service",
-    "data_storage_port": "gRPC port of the data storage service",
-    "grpc_workers": "threads serving RPCs per service (concurrent requests beyond it queue)",
-    "max_in_flight": "folder jobs one image input replica drives at once",
-    "max_attempts": "attempts before a failing job ends as an `internal_error` result",
-    "rpc_timeout_s": "deadline of one call to a service",
-    "intermediate_ttl_s": "lifetime of image bytes and partial results in Redis",
-    "result_ttl_s": "how long results stay queryable by job id in Redis",
-    "consumer_name": "this replica's name in the Redis consumer group (default host-pid)",
-    "threads": "onnxruntime threads per model (0: one per core)",
-    "model_slots": "model runs one face landmark or age gender process does at once (more: more memory)",
-    "detector": "`centerface` (local) or `roboflow` (hosted; set the CLI's `ROBOFLOW_*` variables)",
-    "preset": "`fast` or `accurate` (crowds), as `face-analysis analyze --preset` (the same variable)",
-    "runtime": "`onnxruntime` or `openvino` runs the models, as `--runtime` (the same variable)",
-    "precision": "`auto` (int8 models, bf16 where the CPU keeps accuracy), `fp32` or `int8`: `--precision`",
-    "detect_size": "long side, in pixels, the detector sees each image at",
-    "min_confidence": "detections scoring below this are dropped",
-    "log_level": "DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr",
-    "bind_host": "address the gRPC and metrics servers listen on (0.0.0.0 in containers)",
-    "face_landmark_addr": "where the image input service reaches face landmark (default 127.0.0.1:its port)",
-    "age_gender_addr": "where the image input service reaches age gender (default 127.0.0.1:its port)",
-    "data_storage_addr": "where the image input service reaches data storage (default 127.0.0.1:its port)",
-    "image_input_metrics_port": "Prometheus metrics port of the image input service (0: off)",
-    "face_landmark_metrics_port": "Prometheus metrics port of the face landmark service (0: off)",
-    "age_gender_metrics_port": "Prometheus metrics port of the age gender service (0: off)",
-    "data_storage_metrics_port": "Prometheus metrics port of the data storage service (0: off)",
-    "max_message_bytes": "largest gRPC message accepted (an image sent to the API)",
-    "job_timeout_s": "a job not done after this long ends as an `internal_error` result",
-    "claim_idle_s": "a queued job held this long by a silent (crashed) replica is taken over",
-    "poll_interval_s": "how often the input folder is listed (a file is read once its size and mtime hold)",
-    "rescan_interval_s": "how often every input without a result is checked against the queue",
-    "shutdown_grace_s": "on SIGTERM, time given to jobs in flight before they are handed back",
-    "model_dir": "folder with the model files (default ~/.cache/face-analysis/models)",
-}
+class Settings(SettingsModel):
+    """Everything the services read from the environment (see the README's tables)."""
 
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding queues and intermediates")
+    key_prefix: str = Field(
+        "fa",
+        pattern=r"^[A-Za-z0-9_.:-]{1,32}$",
+        description="prefix of every Redis key (several stacks can share one Redis)",
+    )
+    input_dir: Path | None = Field(
+        None, description="folder the image input service watches (unset: API only)"
+    )
+    output_dir: Path | None = Field(
+        None, description="folder the data storage service writes results to (required)"
+    )
+    bind_host: str = Field(
+        "127.0.0.1", description="address the gRPC and metrics servers listen on (0.0.0.0 in containers)"
+    )
+    image_input_port: int = _port(50051, "gRPC port of the image input service (the public API)")
+    face_landmark_port: int = _port(50052, "gRPC port of the face landmark service")
+    age_gender_port: int = _port(50053, "gRPC port of the age gender service")
+    data_storage_port: int = _port(50054, "gRPC port of the data storage service")
+    face_landmark_addr: str = Field(
+        "", description="where the image input service reaches face landmark (default 127.0.0.1:its port)"
+    )
+    age_gender_addr: str = Field(
+        "", description="where the image input service reaches age gender (default 127.0.0.1:its port)"
+    )
+    data_storage_addr: str = Field(
+        "", description="where the image input service reaches data storage (default 127.0.0.1:its port)"
+    )
+    image_input_metrics_port: int = _port(9101, "Prometheus metrics port of the image input service (0: off)")
+    face_landmark_metrics_port: int = _port(
+        9102, "Prometheus metrics port of the face landmark service (0: off)"
+    )
+    age_gender_metrics_port: int = _port(9103, "Prometheus metrics port of the age gender service (0: off)")
+    data_storage_metrics_port: int = _port(
+        9104, "Prometheus metrics port of the data storage service (0: off)"
+    )
+    grpc_workers: int = Field(
+        8, ge=1, description="threads serving RPCs per service (concurrent requests beyond it queue)"
+    )
+    max_message_bytes: int = Field(
+        32 * 1024 * 1024, ge=1, description="largest gRPC message accepted (an image sent to the API)"
+    )
+    max_in_flight: int = Field(4, ge=1, description="folder jobs one image input replica drives at once")
+    max_attempts: int = Field(
+        3, ge=1, description="attempts before a failing job ends as an `internal_error` result"
+    )
+    rpc_timeout_s: float = Field(30.0, gt=0, description="deadline of one call to a service")
+    job_timeout_s: float = Field(
+        300.0, gt=0, description="a job not done after this long ends as an `internal_error` result"
+    )
+    claim_idle_s: float = Field(
+        30.0, gt=0, description="a queued job held this long by a silent (crashed) replica is taken over"
+    )
+    poll_interval_s: float = Field(
+        0.5,
+        gt=0,
+        description="how often the input folder is listed (a file is read once its size and mtime hold)",
+    )
+    rescan_interval_s: float = Field(
+        30.0, gt=0, description="how often every input without a result is checked against the queue"
+    )
+    intermediate_ttl_s: int = Field(
+        3600, gt=0, description="lifetime of image bytes and partial results in Redis"
+    )
+    result_ttl_s: int = Field(86400, gt=0, description="how long results stay queryable by job id in Redis")
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="on SIGTERM, time given to jobs in flight before they are handed back"
+    )
+    consumer_name: str = Field(
+        "", description="this replica's name in the Redis consumer group (default host-pid)"
+    )
+    model_slots: int = Field(
+        1,
+        ge=1,
+        description="model runs one face landmark or age gender process does at once (more: more memory)",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stderr"
+    )
+    config_error_status: int = Field(
+        EX_CONFIG,
+        ge=0,
+        le=255,
+        description="exit status of a service whose settings or model files are wrong (78, EX_CONFIG: "
+        "`face-analysis stack` stops; Compose sets 0, so that `restart: on-failure` does not "
+        "restart a container that cannot start)",
+    )
+    analysis: AnalyzerConfig = Field(default_factory=AnalyzerConfig)
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the services read from the environment (see the README's table)."""
-
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    key_prefix: str = "fa"
-    input_dir: Path | None = None
-    output_dir: Path | None = None
-    bind_host: str = "127.0.0.1"
-    image_input_port: int = 50051
-    face_landmark_port: int = 50052
-    age_gender_port: int = 50053
-    data_storage_port: int = 50054
-    face_landmark_addr: str = ""
-    age_gender_addr: str = ""
-    data_storage_addr: str = ""
-    image_input_metrics_port: int = 9101
-    face_landmark_metrics_port: int = 9102
-    age_gender_metrics_port: int = 9103
-    data_storage_metrics_port: int = 9104
-    grpc_workers: int = 8
-    max_message_bytes: int = 32 * 1024 * 1024
-    max_in_flight: int = 4
-    max_attempts: int = 3
-    rpc_timeout_s: float = 30.0
-    job_timeout_s: float = 300.0
-    claim_idle_s: float = 30.0
-    poll_interval_s: float = 0.5
-    rescan_interval_s: float = 30.0
-    intermediate_ttl_s: int = 3600
-    result_ttl_s: int = 86400
-    shutdown_grace_s: float = 20.0
-    consumer_name: str = ""
-    threads: int = 0
-    model_slots: int = 1
-    detector: str = "centerface"
-    preset: str = "fast"
-    runtime: str = "onnxruntime"
-    precision: str = "auto"
-    detect_size: int = 640
-    min_confidence: float = 0.5
-    model_dir: Path | None = None
-    log_level: str = "INFO"
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", self.key_prefix):
-            raise SettingsError(f"{ENV_PREFIX}KEY_PREFIX must be 1-32 of [A-Za-z0-9_.:-]")
-        for name in (
-            "grpc_workers",
-            "max_in_flight",
-            "max_attempts",
-            "max_message_bytes",
-            "detect_size",
-            "model_slots",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
-        for name in (
-            "rpc_timeout_s",
-            "job_timeout_s",
-            "claim_idle_s",
-            "poll_interval_s",
-            "rescan_interval_s",
-            "intermediate_ttl_s",
-            "result_ttl_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be positive")
-        if self.threads < 0 or self.shutdown_grace_s < 0:
-            raise SettingsError(f"{ENV_PREFIX}THREADS and SHUTDOWN_GRACE_S must not be negative")
-        for name, allowed in (
-            ("preset", ("fast", "accurate")),
-            ("runtime", ("onnxruntime", "openvino")),
-            ("precision", ("auto", "fp32", "int8")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()} must be one of {', '.join(allowed)}")
-        if self.detector not in ("centerface", "roboflow"):
-            raise SettingsError(f"{ENV_PREFIX}DETECTOR must be centerface or roboflow")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
-        for service in SERVICES:
-            for port in (self.port(service), self.metrics_port(service)):
-                if not 0 <= port <= 65535:
-                    raise SettingsError(f"port {port} of {service} is out of range")
-
+    @field_validator("log_level", mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from `FACE_ANALYSIS_*` variables; unset or empty ones keep their defaults."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            raw = environ.get(ENV_PREFIX + spec.name.upper(), "").strip()
-            if not raw:
-                continue
-            kind = type(spec.default) if spec.default is not MISSING and spec.default is not None else Path
-            try:
-                values[spec.name] = Path(raw) if kind is Path else kind(raw)
-            except ValueError:
-                raise SettingsError(
-                    f"{ENV_PREFIX}{spec.name.upper()}={raw!r} is not a valid {kind.__name__}"
-                ) from None
-        return cls(**values)
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @staticmethod
-    def variables() -> list[tuple[str, str, str]]:
-        """(variable, default, meaning) of every setting: the README's table."""
-        return [
-            (
-                ENV_PREFIX + spec.name.upper(),
-                "" if spec.default is None else str(spec.default),
-                _HELP[spec.name],
-            )
-            for spec in fields(Settings)
-        ]
+    def config_error_status_of(environ: Mapping[str, str] | None = None) -> int:
+        """`config_error_status` read on its own: a service must exit with it even when the
+        other settings do not parse."""
+        raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG_ERROR_STATUS", "")
+        return int(raw) if raw.strip().isdigit() and int(raw) <= 255 else EX_CONFIG
 
     def port(self, service: ServiceName) -> int:
         """The gRPC port `service` listens on."""
@@ -207,6 +159,3 @@ class Settings:
     def consumer(self) -> str:
         """This replica's consumer name in the job stream's group."""
         return self.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
-
-    def onnx_threads(self) -> int:
-        return self.threads or os.cpu_count() or 1

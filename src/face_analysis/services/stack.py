@@ -1,7 +1,8 @@
 """The local stack: the four services as processes on this machine, like `docker compose up`.
 
 Starts face landmark, age gender and data storage, waits for their health checks, then image
-input; restarts a service that exits (with backoff, like a container restart policy); on
+input; restarts a service that exits (with backoff, like a container restart policy) unless it
+exits with the misconfiguration status (78, EX_CONFIG), which stops the stack with it; on
 SIGTERM/SIGINT stops image input first (it finishes or hands back its jobs), then the others,
 and kills what has not stopped after the grace period.
 
@@ -21,40 +22,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import grpc
 import redis
-from grpc_health.v1 import health_pb2
 
 from .common import log
+from .health import wait_healthy
 from .settings import SERVICES, ServiceName, Settings
+from .store import redis_client
 
-__all__ = ["Stack", "wait_healthy"]
+__all__ = ["Stack"]
 
 _BACKENDS: tuple[ServiceName, ...] = ("face-landmark", "age-gender", "data-storage")
 _RESTART_BACKOFF_S, _RESTART_BACKOFF_MAX_S, _STABLE_AFTER_S = 0.5, 10.0, 30.0
-# `face-analysis serve` exit statuses that no restart cures: 2 bad settings, 3 missing/corrupt models.
-_FATAL = (2, 3)
-
-
-def wait_healthy(address: str, timeout_s: float) -> bool:
-    """True once the gRPC health service at `address` reports SERVING (within `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
-    with grpc.insecure_channel(address, options=options) as channel:
-        check = channel.unary_unary(  # the typeshed stub of HealthStub lists no methods
-            "/grpc.health.v1.Health/Check",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        while time.monotonic() < deadline:
-            try:
-                reply = check(health_pb2.HealthCheckRequest(service=""), timeout=1.0, wait_for_ready=True)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    return False
 
 
 def _die_with_parent() -> None:
@@ -106,7 +84,7 @@ class Stack:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit status."""
         try:
-            redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=3).ping()
+            redis_client(self.settings.redis_url).ping()
         except redis.RedisError as exc:
             log(logging.ERROR, "redis is unreachable", redis_url=self.settings.redis_url, error=str(exc))
             return 1
@@ -141,7 +119,7 @@ class Stack:
             status = child.process.poll()
             if status is None:
                 continue
-            if status in _FATAL:  # restarting cannot help: say so and stop
+            if status == self.settings.config_error_status:  # restarting cannot help: say so and stop
                 log(
                     logging.ERROR,
                     "service cannot start; stopping the stack",

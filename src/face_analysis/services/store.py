@@ -6,16 +6,22 @@ Keys (all under the `FACE_ANALYSIS_KEY_PREFIX`, default `fa`)::
     fa:rgb:{job}      the decoded pixels, for age gender (TTL: intermediate_ttl_s; small images)
     fa:det:{job}      FaceDetections (protobuf)         (TTL: intermediate_ttl_s)
     fa:age:{job}      AgeGenderEstimates (protobuf)     (TTL: intermediate_ttl_s)
-    fa:res:{job}      result JSON                       (TTL: result_ttl_s)
+    fa:res:{job}      AnalysisResult (protobuf)         (TTL: result_ttl_s)
     fa:job:{job}      "pending" while an API job is queued or running (TTL: result_ttl_s)
     fa:claim:{job}    stream entry id of a queued folder input: the input is not queued twice
     fa:jobs           the job stream; consumer group `drivers`
     fa:epoch          set when the stream is created: its absence means Redis lost everything
+    fa:stamp:{svc}    Stamp (protobuf) a model service announces: what it runs (TTL: 60 s, renewed)
 
 A folder input's job id is derived from its path, size and mtime, so the same file is one job
 however often it is seen. Stream entries are acknowledged (XACK) and deleted only after the
 result is on disk; a replica that dies leaves its entries pending, and another takes them over
 (XAUTOCLAIM) once they have been idle for `claim_idle_s`.
+
+Every command goes through one retry policy (`REDIS_RETRY_*`, redis-py's own `Retry`): a Redis
+that restarts or is briefly unreachable is waited for, with jittered exponential backoff, about
+ten seconds at most; then the error reaches the caller, which fails the call or leaves the job
+pending for a later take-over.
 """
 
 from __future__ import annotations
@@ -29,17 +35,35 @@ from typing import Any, cast
 
 import numpy as np
 import redis
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 from ..imaging import RGBImage
-from .generated import age_gender_pb2, landmark_detection_pb2
-from .settings import Settings
+from .generated import age_gender_pb2, aggregator_pb2, common_pb2, landmark_detection_pb2
+from .settings import ServiceName, Settings
 
-__all__ = ["JobStore", "QueuedJob", "StreamEntry", "api_job_id", "folder_job_id"]
+__all__ = ["JobStore", "QueuedJob", "StreamEntry", "api_job_id", "folder_job_id", "redis_client"]
 
 _GROUP = "drivers"
 # Decoded images up to this size are passed on to age gender as pixels (24 MiB: ~2800 x 2800).
 MAX_PIXEL_BYTES = 24 * 1024 * 1024
 _PIXELS_HEADER = struct.Struct("<II")  # height, width
+# The one retry policy for Redis: waits of 0.05-2 s (doubling, jittered), 8 retries (~10 s).
+REDIS_RETRY_BASE_S, REDIS_RETRY_CAP_S, REDIS_RETRIES = 0.1, 2.0, 8
+STAMP_TTL_S = 60
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client for `url` whose every command follows the retry policy."""
+    retry = Retry(EqualJitterBackoff(cap=REDIS_RETRY_CAP_S, base=REDIS_RETRY_BASE_S), REDIS_RETRIES)
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=30,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 def folder_job_id(relative_path: str, size: int, mtime_ns: int) -> str:
@@ -90,9 +114,7 @@ class JobStore:
     """The services' view of Redis."""
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
-        self.client = client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30
-        )
+        self.client = client or redis_client(settings.redis_url)
         self.prefix = settings.key_prefix
         self.intermediate_ttl = settings.intermediate_ttl_s
         self.result_ttl = settings.result_ttl_s
@@ -151,15 +173,25 @@ class JobStore:
 
     # Results and job state.
 
-    def put_result(self, job_id: str, text: str) -> None:
+    def put_result(self, job_id: str, result: aggregator_pb2.AnalysisResult) -> None:
         pipe = self.client.pipeline()
-        pipe.set(self._key("res", job_id), text.encode(), ex=self.result_ttl)
+        pipe.set(self._key("res", job_id), result.SerializeToString(), ex=self.result_ttl)
         pipe.delete(self._key("job", job_id))
         pipe.execute()
 
-    def get_result(self, job_id: str) -> str | None:
+    def get_result(self, job_id: str) -> aggregator_pb2.AnalysisResult | None:
         data = cast(bytes | None, self.client.get(self._key("res", job_id)))
-        return None if data is None else data.decode()
+        return None if data is None else aggregator_pb2.AnalysisResult.FromString(data)
+
+    # What the model services run.
+
+    def announce(self, service: ServiceName, stamp: common_pb2.Stamp) -> None:
+        """Say what `service` runs (renewed while it runs): the stamp of results it took no part in."""
+        self.client.set(self._key("stamp", service), stamp.SerializeToString(), ex=STAMP_TTL_S)
+
+    def announced(self, service: ServiceName) -> common_pb2.Stamp | None:
+        data = cast(bytes | None, self.client.get(self._key("stamp", service)))
+        return None if data is None else common_pb2.Stamp.FromString(data)
 
     def mark_pending(self, job_id: str) -> None:
         self.client.set(self._key("job", job_id), b"pending", ex=self.result_ttl)

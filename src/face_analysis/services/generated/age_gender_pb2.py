@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61ge_gender.proto\x12\x0f\x66\x61\x63\x65\x61nalysis.v1\x1a\x0c\x63ommon.proto\"!\n\x0f\x45stimateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\rEstimateReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nface_count\x18\x02 \x01(\x05\"|\n\x11\x41geGenderEstimate\x12\x11\n\tage_years\x18\x01 \x01(\x01\x12\x11\n\tage_range\x18\x02 \x01(\t\x12\x16\n\x0e\x61ge_confidence\x18\x03 \x01(\x01\x12\x0e\n\x06gender\x18\x04 \x01(\t\x12\x19\n\x11gender_confidence\x18\x05 \x01(\x01\"\x91\x01\n\x12\x41geGenderEstimates\x12\x35\n\testimates\x18\x01 \x03(\x0b\x32\".faceanalysis.v1.AgeGenderEstimate\x12\x15\n\rage_gender_ms\x18\x02 \x01(\x01\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError2Y\n\tAgeGender\x12L\n\x08\x45stimate\x12 .faceanalysis.v1.EstimateRequest\x1a\x1e.faceanalysis.v1.EstimateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61ge_gender.proto\x12\x0f\x66\x61\x63\x65\x61nalysis.v1\x1a\x0c\x63ommon.proto\"!\n\x0f\x45stimateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\rEstimateReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nface_count\x18\x02 \x01(\x05\"|\n\x11\x41geGenderEstimate\x12\x11\n\tage_years\x18\x01 \x01(\x01\x12\x11\n\tage_range\x18\x02 \x01(\t\x12\x16\n\x0e\x61ge_confidence\x18\x03 \x01(\x01\x12\x0e\n\x06gender\x18\x04 \x01(\t\x12\x19\n\x11gender_confidence\x18\x05 \x01(\x01\"\xd2\x01\n\x12\x41geGenderEstimates\x12\x35\n\testimates\x18\x01 \x03(\x0b\x32\".faceanalysis.v1.AgeGenderEstimate\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\x12)\n\x07timings\x18\x04 \x01(\x0b\x32\x18.faceanalysis.v1.Timings\x12%\n\x05stamp\x18\x05 \x01(\x0b\x32\x16.faceanalysis.v1.StampJ\x04\x08\x02\x10\x03\x32Y\n\tAgeGender\x12L\n\x08\x45stimate\x12 .faceanalysis.v1.EstimateRequest\x1a\x1e.faceanalysis.v1.EstimateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,7 +39,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGEGENDERESTIMATE']._serialized_start=139
   _globals['_AGEGENDERESTIMATE']._serialized_end=263
   _globals['_AGEGENDERESTIMATES']._serialized_start=266
-  _globals['_AGEGENDERESTIMATES']._serialized_end=411
-  _globals['_AGEGENDER']._serialized_start=413
-  _globals['_AGEGENDER']._serialized_end=502
+  _globals['_AGEGENDERESTIMATES']._serialized_end=476
+  _globals['_AGEGENDER']._serialized_start=478
+  _globals['_AGEGENDER']._serialized_end=567
 # @@protoc_insertion_point(module_scope)

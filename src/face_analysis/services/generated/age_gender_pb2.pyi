@@ -112,10 +112,9 @@ class AgeGenderEstimates(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ESTIMATES_FIELD_NUMBER: _builtins.int
-    AGE_GENDER_MS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
-    age_gender_ms: _builtins.float
-    """Milliseconds spent (decoding the image again, aligning, both models)."""
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    STAMP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def estimates(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgeGenderEstimate]:
         """One per detected face, in detection order."""
@@ -124,16 +123,25 @@ class AgeGenderEstimates(_message.Message):
     def error(self) -> _common_pb2.AnalysisError:
         """Set when the estimation failed; then `estimates` is empty and the job's result is this error."""
 
+    @_builtins.property
+    def timings(self) -> _common_pb2.Timings:
+        """The time spent (decoding the image again if needed, aligning, both models): `age_gender`."""
+
+    @_builtins.property
+    def stamp(self) -> _common_pb2.Stamp:
+        """The estimator's stamp: its two models."""
+
     def __init__(
         self,
         *,
         estimates: _abc.Iterable[Global___AgeGenderEstimate] | None = ...,
-        age_gender_ms: _builtins.float = ...,
         error: _common_pb2.AnalysisError | None = ...,
+        timings: _common_pb2.Timings | None = ...,
+        stamp: _common_pb2.Stamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "stamp", b"stamp", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["age_gender_ms", b"age_gender_ms", "error", b"error", "estimates", b"estimates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "estimates", b"estimates", "stamp", b"stamp", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

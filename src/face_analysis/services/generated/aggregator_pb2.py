@@ -25,27 +25,23 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61ggregator.proto\x12\x0f\x66\x61\x63\x65\x61nalysis.v1\x1a\x0c\x63ommon.proto\"\x91\x02\n\x0cStoreRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x13\n\x0boutput_name\x18\x03 \x01(\t\x12\x13\n\x0bsource_name\x18\x04 \x01(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12-\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\x12@\n\ntimings_ms\x18\x07 \x03(\x0b\x32,.faceanalysis.v1.StoreRequest.TimingsMsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\nStoreReply\x12/\n\x06result\x18\x01 \x01(\x0b\x32\x1f.faceanalysis.v1.AnalysisResult\x12\x0f\n\x07written\x18\x02 \x01(\x08\"\"\n\x10GetResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xd2\x01\n\nFaceResult\x12\"\n\x04\x62\x62ox\x18\x01 \x01(\x0b\x32\x14.faceanalysis.v1.Box\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12)\n\tlandmarks\x18\x03 \x03(\x0b\x32\x16.faceanalysis.v1.Point\x12\x0b\n\x03\x61ge\x18\x04 \x01(\t\x12\x11\n\tage_years\x18\x05 \x01(\x01\x12\x16\n\x0e\x61ge_confidence\x18\x06 \x01(\x01\x12\x0e\n\x06gender\x18\x07 \x01(\t\x12\x19\n\x11gender_confidence\x18\x08 \x01(\x01\"\xd3\x01\n\x0e\x41nalysisResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12*\n\x05\x66\x61\x63\x65s\x18\x05 \x03(\x0b\x32\x1b.faceanalysis.v1.FaceResult\x12-\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\x12\x17\n\x0fprocessing_time\x18\x07 \x01(\t\x12\x0c\n\x04json\x18\x08 \x01(\t2\xa3\x01\n\x0b\x44\x61taStorage\x12\x43\n\x05Store\x12\x1d.faceanalysis.v1.StoreRequest\x1a\x1b.faceanalysis.v1.StoreReply\x12O\n\tGetResult\x12!.faceanalysis.v1.GetResultRequest\x1a\x1f.faceanalysis.v1.AnalysisResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10\x61ggregator.proto\x12\x0f\x66\x61\x63\x65\x61nalysis.v1\x1a\x0c\x63ommon.proto\"\xce\x01\n\x0cStoreRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\x13\n\x0boutput_name\x18\x03 \x01(\t\x12\x13\n\x0bsource_name\x18\x04 \x01(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12-\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\x12)\n\x07timings\x18\x08 \x01(\x0b\x32\x18.faceanalysis.v1.TimingsJ\x04\x08\x07\x10\x08\"N\n\nStoreReply\x12/\n\x06result\x18\x01 \x01(\x0b\x32\x1f.faceanalysis.v1.AnalysisResult\x12\x0f\n\x07written\x18\x02 \x01(\x08\"\"\n\x10GetResultRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xd2\x01\n\nFaceResult\x12\"\n\x04\x62\x62ox\x18\x01 \x01(\x0b\x32\x14.faceanalysis.v1.Box\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12)\n\tlandmarks\x18\x03 \x03(\x0b\x32\x16.faceanalysis.v1.Point\x12\x0b\n\x03\x61ge\x18\x04 \x01(\t\x12\x11\n\tage_years\x18\x05 \x01(\x01\x12\x16\n\x0e\x61ge_confidence\x18\x06 \x01(\x01\x12\x0e\n\x06gender\x18\x07 \x01(\t\x12\x19\n\x11gender_confidence\x18\x08 \x01(\x01\"\xb5\x02\n\x0e\x41nalysisResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08image_id\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12*\n\x05\x66\x61\x63\x65s\x18\x05 \x03(\x0b\x32\x1b.faceanalysis.v1.FaceResult\x12-\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\x12\x17\n\x0fprocessing_time\x18\x07 \x01(\t\x12\x16\n\x0eschema_version\x18\t \x01(\t\x12)\n\x07timings\x18\n \x01(\x0b\x32\x18.faceanalysis.v1.Timings\x12%\n\x05stamp\x18\x0b \x01(\x0b\x32\x16.faceanalysis.v1.StampJ\x04\x08\x08\x10\t2\xa3\x01\n\x0b\x44\x61taStorage\x12\x43\n\x05Store\x12\x1d.faceanalysis.v1.StoreRequest\x1a\x1b.faceanalysis.v1.StoreReply\x12O\n\tGetResult\x12!.faceanalysis.v1.GetResultRequest\x1a\x1f.faceanalysis.v1.AnalysisResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aggregator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STOREREQUEST_TIMINGSMSENTRY']._loaded_options = None
-  _globals['_STOREREQUEST_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_STOREREQUEST']._serialized_start=52
-  _globals['_STOREREQUEST']._serialized_end=325
-  _globals['_STOREREQUEST_TIMINGSMSENTRY']._serialized_start=277
-  _globals['_STOREREQUEST_TIMINGSMSENTRY']._serialized_end=325
-  _globals['_STOREREPLY']._serialized_start=327
-  _globals['_STOREREPLY']._serialized_end=405
-  _globals['_GETRESULTREQUEST']._serialized_start=407
-  _globals['_GETRESULTREQUEST']._serialized_end=441
-  _globals['_FACERESULT']._serialized_start=444
-  _globals['_FACERESULT']._serialized_end=654
-  _globals['_ANALYSISRESULT']._serialized_start=657
-  _globals['_ANALYSISRESULT']._serialized_end=868
-  _globals['_DATASTORAGE']._serialized_start=871
-  _globals['_DATASTORAGE']._serialized_end=1034
+  _globals['_STOREREQUEST']._serialized_end=258
+  _globals['_STOREREPLY']._serialized_start=260
+  _globals['_STOREREPLY']._serialized_end=338
+  _globals['_GETRESULTREQUEST']._serialized_start=340
+  _globals['_GETRESULTREQUEST']._serialized_end=374
+  _globals['_FACERESULT']._serialized_start=377
+  _globals['_FACERESULT']._serialized_end=587
+  _globals['_ANALYSISRESULT']._serialized_start=590
+  _globals['_ANALYSISRESULT']._serialized_end=899
+  _globals['_DATASTORAGE']._serialized_start=902
+  _globals['_DATASTORAGE']._serialized_end=1065
 # @@protoc_insertion_point(module_scope)

@@ -25,33 +25,13 @@ class StoreRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class TimingsMsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.float
-        def __init__(
-            self,
-            *,
-            key: _builtins.str = ...,
-            value: _builtins.float = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     JOB_ID_FIELD_NUMBER: _builtins.int
     IMAGE_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_NAME_FIELD_NUMBER: _builtins.int
     SOURCE_NAME_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
-    TIMINGS_MS_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id: 1-64 characters of [A-Za-z0-9_-]; never a path."""
     image_id: _builtins.str
@@ -69,8 +49,8 @@ class StoreRequest(_message.Message):
         """Set to end the job with this error instead of its intermediates (e.g. it failed too often)."""
 
     @_builtins.property
-    def timings_ms(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Extra timings to report, in milliseconds, by stage name (e.g. "total")."""
+    def timings(self) -> _common_pb2.Timings:
+        """The driver's timings (`total`)."""
 
     def __init__(
         self,
@@ -81,11 +61,11 @@ class StoreRequest(_message.Message):
         source_name: _builtins.str = ...,
         started_at: _builtins.float = ...,
         error: _common_pb2.AnalysisError | None = ...,
-        timings_ms: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        timings: _common_pb2.Timings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "image_id", b"image_id", "job_id", b"job_id", "output_name", b"output_name", "source_name", b"source_name", "started_at", b"started_at", "timings_ms", b"timings_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "image_id", b"image_id", "job_id", b"job_id", "output_name", b"output_name", "source_name", b"source_name", "started_at", b"started_at", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,7 +149,7 @@ class FaceResult(_message.Message):
     """Calibrated probability that `gender` is right."""
     @_builtins.property
     def bbox(self) -> _common_pb2.Box:
-        """Face box, rounded to whole pixels as in the JSON."""
+        """Face box, in whole pixels as in the JSON."""
 
     @_builtins.property
     def landmarks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Point]:
@@ -197,7 +177,9 @@ Global___FaceResult: _TypeAlias = FaceResult  # noqa: Y015
 
 @_typing.final
 class AnalysisResult(_message.Message):
-    """The result of one image: its faces or its error, and the exact JSON the system writes."""
+    """The result of one image: every key of the result JSON, typed (`face_analysis.services.convert.
+    result_json` gives back the exact JSON the system writes).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -208,7 +190,9 @@ class AnalysisResult(_message.Message):
     FACES_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     PROCESSING_TIME_FIELD_NUMBER: _builtins.int
-    JSON_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    STAMP_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id."""
     image_id: _builtins.str
@@ -219,8 +203,8 @@ class AnalysisResult(_message.Message):
     """Upright image height in pixels (0 when the image could not be decoded)."""
     processing_time: _builtins.str
     """When the analysis started, ISO 8601 (the JSON's `processing_time`)."""
-    json: _builtins.str
-    """The result JSON, exactly as written to the output folder."""
+    schema_version: _builtins.str
+    """The result format's version (the JSON's `schema_version`)."""
     @_builtins.property
     def faces(self) -> _containers.RepeatedCompositeFieldContainer[Global___FaceResult]:
         """The faces (empty on error)."""
@@ -228,6 +212,14 @@ class AnalysisResult(_message.Message):
     @_builtins.property
     def error(self) -> _common_pb2.AnalysisError:
         """Set when the image could not be analysed."""
+
+    @_builtins.property
+    def timings(self) -> _common_pb2.Timings:
+        """Milliseconds per step (the JSON's `timings_ms`)."""
+
+    @_builtins.property
+    def stamp(self) -> _common_pb2.Stamp:
+        """The models and settings that made it (the JSON's `models` and `settings`)."""
 
     def __init__(
         self,
@@ -239,11 +231,13 @@ class AnalysisResult(_message.Message):
         faces: _abc.Iterable[Global___FaceResult] | None = ...,
         error: _common_pb2.AnalysisError | None = ...,
         processing_time: _builtins.str = ...,
-        json: _builtins.str = ...,
+        schema_version: _builtins.str = ...,
+        timings: _common_pb2.Timings | None = ...,
+        stamp: _common_pb2.Stamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "stamp", b"stamp", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "faces", b"faces", "height", b"height", "image_id", b"image_id", "job_id", b"job_id", "json", b"json", "processing_time", b"processing_time", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "faces", b"faces", "height", b"height", "image_id", b"image_id", "job_id", b"job_id", "processing_time", b"processing_time", "schema_version", b"schema_version", "stamp", b"stamp", "timings", b"timings", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

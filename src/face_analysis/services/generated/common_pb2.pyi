@@ -3,8 +3,10 @@
 isort:skip_file
 Types shared by the Face Analysis services' APIs."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -95,3 +97,159 @@ class Box(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Box: _TypeAlias = Box  # noqa: Y015
+
+@_typing.final
+class ModelId(_message.Message):
+    """How results name one model (or, under "detector", the detector): the result JSON's `models`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The model's role: "centerface", "age", "gender", or "detector"."""
+    id: _builtins.str
+    """The file name and the first 12 hex digits of its sha256 ("age-int8.onnx@352765d54cae"), or
+    the detector's name ("centerface", "roboflow:MODEL/VERSION").
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelId: _TypeAlias = ModelId  # noqa: Y015
+
+@_typing.final
+class StampSettings(_message.Message):
+    """The analysis settings results name: the result JSON's `settings`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DETECT_SIZE_FIELD_NUMBER: _builtins.int
+    MIN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    detect_size: _builtins.int
+    """Long side, in pixels, the detector sees images at; 0: the native size (JSON null)."""
+    min_confidence: _builtins.float
+    """Detections scoring below this were dropped."""
+    preset: _builtins.str
+    """"fast" or "accurate"; absent for a detector without presets (Roboflow)."""
+    runtime: _builtins.str
+    """"onnxruntime" or "openvino"; absent with a detector run elsewhere (Roboflow)."""
+    precision: _builtins.str
+    """"auto", "fp32" or "int8"."""
+    def __init__(
+        self,
+        *,
+        detect_size: _builtins.int = ...,
+        min_confidence: _builtins.float = ...,
+        preset: _builtins.str | None = ...,
+        runtime: _builtins.str | None = ...,
+        precision: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_preset", b"_preset", "_runtime", b"_runtime", "preset", b"preset", "runtime", b"runtime"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_preset", b"_preset", "_runtime", b"_runtime", "detect_size", b"detect_size", "min_confidence", b"min_confidence", "precision", b"precision", "preset", b"preset", "runtime", b"runtime"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__preset: _TypeAlias = _typing.Literal["preset"]  # noqa: Y015
+    _WhichOneofArgType__preset: _TypeAlias = _typing.Literal["_preset", b"_preset"]  # noqa: Y015
+    _WhichOneofReturnType__runtime: _TypeAlias = _typing.Literal["runtime"]  # noqa: Y015
+    _WhichOneofArgType__runtime: _TypeAlias = _typing.Literal["_runtime", b"_runtime"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preset) -> _WhichOneofReturnType__preset | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__runtime) -> _WhichOneofReturnType__runtime | None: ...
+
+Global___StampSettings: _TypeAlias = StampSettings  # noqa: Y015
+
+@_typing.final
+class Stamp(_message.Message):
+    """Which models and settings made a result: each step stamps its part (the detector its model,
+    name and the settings; the estimator its models), and the parts merge into the result's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelId]:
+        """In the order results list them."""
+
+    @_builtins.property
+    def settings(self) -> Global___StampSettings:
+        """Set by the detecting step."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelId] | None = ...,
+        settings: Global___StampSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Stamp: _TypeAlias = Stamp  # noqa: Y015
+
+@_typing.final
+class Timings(_message.Message):
+    """Milliseconds spent per step of one image: the result JSON's `timings_ms`. Each step sets the
+    timings of what it ran; merged, they are the result's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECODE_FIELD_NUMBER: _builtins.int
+    DETECT_FIELD_NUMBER: _builtins.int
+    AGE_GENDER_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    decode: _builtins.float
+    """Reading and decoding the image."""
+    detect: _builtins.float
+    """Detecting the faces."""
+    age_gender: _builtins.float
+    """Aligning the faces and estimating age and gender."""
+    total: _builtins.float
+    """The whole job, as its driver saw it."""
+    def __init__(
+        self,
+        *,
+        decode: _builtins.float | None = ...,
+        detect: _builtins.float | None = ...,
+        age_gender: _builtins.float | None = ...,
+        total: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_age_gender", b"_age_gender", "_decode", b"_decode", "_detect", b"_detect", "_total", b"_total", "age_gender", b"age_gender", "decode", b"decode", "detect", b"detect", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_age_gender", b"_age_gender", "_decode", b"_decode", "_detect", b"_detect", "_total", b"_total", "age_gender", b"age_gender", "decode", b"decode", "detect", b"detect", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__age_gender: _TypeAlias = _typing.Literal["age_gender"]  # noqa: Y015
+    _WhichOneofArgType__age_gender: _TypeAlias = _typing.Literal["_age_gender", b"_age_gender"]  # noqa: Y015
+    _WhichOneofReturnType__decode: _TypeAlias = _typing.Literal["decode"]  # noqa: Y015
+    _WhichOneofArgType__decode: _TypeAlias = _typing.Literal["_decode", b"_decode"]  # noqa: Y015
+    _WhichOneofReturnType__detect: _TypeAlias = _typing.Literal["detect"]  # noqa: Y015
+    _WhichOneofArgType__detect: _TypeAlias = _typing.Literal["_detect", b"_detect"]  # noqa: Y015
+    _WhichOneofReturnType__total: _TypeAlias = _typing.Literal["total"]  # noqa: Y015
+    _WhichOneofArgType__total: _TypeAlias = _typing.Literal["_total", b"_total"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__age_gender) -> _WhichOneofReturnType__age_gender | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__decode) -> _WhichOneofReturnType__decode | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__detect) -> _WhichOneofReturnType__detect | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total) -> _WhichOneofReturnType__total | None: ...
+
+Global___Timings: _TypeAlias = Timings  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18landmark_detection.proto\x12\x0f\x66\x61\x63\x65\x61nalysis.v1\x1a\x0c\x63ommon.proto\"\x1f\n\rDetectRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"`\n\x0b\x44\x65tectReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nface_count\x18\x02 \x01(\x05\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\"k\n\x0c\x44\x65tectedFace\x12!\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x14.faceanalysis.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x01\x12)\n\tlandmarks\x18\x03 \x03(\x0b\x32\x16.faceanalysis.v1.Point\"\xc6\x01\n\x0e\x46\x61\x63\x65\x44\x65tections\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12,\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x1d.faceanalysis.v1.DetectedFace\x12-\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\x12\x11\n\tdecode_ms\x18\x05 \x01(\x01\x12\x11\n\tdetect_ms\x18\x06 \x01(\x01\x12\x12\n\nstamp_json\x18\x07 \x01(\t2V\n\x0c\x46\x61\x63\x65Landmark\x12\x46\n\x06\x44\x65tect\x12\x1e.faceanalysis.v1.DetectRequest\x1a\x1c.faceanalysis.v1.DetectReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18landmark_detection.proto\x12\x0f\x66\x61\x63\x65\x61nalysis.v1\x1a\x0c\x63ommon.proto\"\x1f\n\rDetectRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"`\n\x0b\x44\x65tectReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nface_count\x18\x02 \x01(\x05\x12-\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\"k\n\x0c\x44\x65tectedFace\x12!\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x14.faceanalysis.v1.Box\x12\r\n\x05score\x18\x02 \x01(\x01\x12)\n\tlandmarks\x18\x03 \x03(\x0b\x32\x16.faceanalysis.v1.Point\"\xf0\x01\n\x0e\x46\x61\x63\x65\x44\x65tections\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12,\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x1d.faceanalysis.v1.DetectedFace\x12-\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1e.faceanalysis.v1.AnalysisError\x12)\n\x07timings\x18\x08 \x01(\x0b\x32\x18.faceanalysis.v1.Timings\x12%\n\x05stamp\x18\t \x01(\x0b\x32\x16.faceanalysis.v1.StampJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08\x32V\n\x0c\x46\x61\x63\x65Landmark\x12\x46\n\x06\x44\x65tect\x12\x1e.faceanalysis.v1.DetectRequest\x1a\x1c.faceanalysis.v1.DetectReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,7 +39,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DETECTEDFACE']._serialized_start=190
   _globals['_DETECTEDFACE']._serialized_end=297
   _globals['_FACEDETECTIONS']._serialized_start=300
-  _globals['_FACEDETECTIONS']._serialized_end=498
-  _globals['_FACELANDMARK']._serialized_start=500
-  _globals['_FACELANDMARK']._serialized_end=586
+  _globals['_FACEDETECTIONS']._serialized_end=540
+  _globals['_FACELANDMARK']._serialized_start=542
+  _globals['_FACELANDMARK']._serialized_end=628
 # @@protoc_insertion_point(module_scope)

@@ -119,21 +119,12 @@ class FaceDetections(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     FACES_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
-    DECODE_MS_FIELD_NUMBER: _builtins.int
-    DETECT_MS_FIELD_NUMBER: _builtins.int
-    STAMP_JSON_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    STAMP_FIELD_NUMBER: _builtins.int
     width: _builtins.int
     """Upright image width in pixels (0 when the image could not be decoded)."""
     height: _builtins.int
     """Upright image height in pixels (0 when the image could not be decoded)."""
-    decode_ms: _builtins.float
-    """Milliseconds spent decoding the image."""
-    detect_ms: _builtins.float
-    """Milliseconds spent detecting."""
-    stamp_json: _builtins.str
-    """The detecting analyzer's stamp, JSON {"models": {...}, "settings": {...}}: the result's
-    `models` and `settings` (which detector, model file and settings found the faces).
-    """
     @_builtins.property
     def faces(self) -> _containers.RepeatedCompositeFieldContainer[Global___DetectedFace]:
         """The faces, in the detector's order."""
@@ -142,6 +133,14 @@ class FaceDetections(_message.Message):
     def error(self) -> _common_pb2.AnalysisError:
         """Set when the image could not be decoded or the detector failed; then `faces` is empty."""
 
+    @_builtins.property
+    def timings(self) -> _common_pb2.Timings:
+        """The time spent decoding (when decoded) and detecting (when detected)."""
+
+    @_builtins.property
+    def stamp(self) -> _common_pb2.Stamp:
+        """The detector's stamp: its model, its name and the settings it ran with."""
+
     def __init__(
         self,
         *,
@@ -149,13 +148,12 @@ class FaceDetections(_message.Message):
         height: _builtins.int = ...,
         faces: _abc.Iterable[Global___DetectedFace] | None = ...,
         error: _common_pb2.AnalysisError | None = ...,
-        decode_ms: _builtins.float = ...,
-        detect_ms: _builtins.float = ...,
-        stamp_json: _builtins.str = ...,
+        timings: _common_pb2.Timings | None = ...,
+        stamp: _common_pb2.Stamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "stamp", b"stamp", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_ms", b"decode_ms", "detect_ms", b"detect_ms", "error", b"error", "faces", b"faces", "height", b"height", "stamp_json", b"stamp_json", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "faces", b"faces", "height", b"height", "stamp", b"stamp", "timings", b"timings", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
