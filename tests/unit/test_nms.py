@@ -56,3 +56,9 @@ def test_weighted_nms_keeps_a_degenerate_box_alone() -> None:
     out_boxes, out_scores, _ = weighted_nms(boxes, scores, points, 0.4)
     assert out_scores.tolist() == pytest.approx([0.9, 0.8])
     np.testing.assert_allclose(out_boxes, [[5, 5, 5, 5], [0, 0, 10, 10]])
+
+
+def test_weighted_nms_of_nothing_is_nothing() -> None:
+    empty = np.zeros((0, 4), np.float32)
+    boxes, scores, points = weighted_nms(empty, np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32), 0.4)
+    assert len(boxes) == len(scores) == len(points) == 0

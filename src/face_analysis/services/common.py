@@ -197,22 +197,8 @@ class Metrics:
 # The server.
 
 
-def run_server(
-    service: ServiceName,
-    settings: Settings,
-    register: Callable[[grpc.Server], None],
-    grpc_service_name: str,
-    on_stop: Callable[[], None] | None = None,
-    announce: Callable[[], None] | None = None,
-) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully.
-
-    The standard health service reports SERVING while up; `announce` (say in Redis what this
-    service runs) is called at start and every `_ANNOUNCE_EVERY_S`. On a signal: health goes
-    NOT_SERVING, `on_stop` runs (stop taking work, finish or hand back what is in flight), then
-    the server stops accepting RPCs and lets running ones finish within the grace period.
-    """
-    server = grpc.server(
+def _grpc_server(service: ServiceName, settings: Settings) -> grpc.Server:
+    return grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix=service),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -224,6 +210,38 @@ def run_server(
         ],
         maximum_concurrent_rpcs=settings.grpc_workers * 8,
     )
+
+
+def _announcer(announce: Callable[[], None] | None) -> Callable[[], float]:
+    """Call `announce` (a Redis error is logged, not raised); returns when to call it next."""
+
+    def announce_now() -> float:
+        if announce is not None:
+            try:
+                announce()
+            except redis.RedisError as exc:
+                log(logging.WARNING, "redis unreachable while announcing", error=str(exc))
+        return time.monotonic() + _ANNOUNCE_EVERY_S
+
+    return announce_now
+
+
+def run_server(
+    service: ServiceName,
+    settings: Settings,
+    register: Callable[[grpc.Server], None],
+    grpc_service_name: str,
+    on_stop: Callable[[], None] | None = None,
+    announce: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully.
+
+    The standard health service reports SERVING while up; `announce` (say in Redis what this
+    service runs) is called before that and every `_ANNOUNCE_EVERY_S`. On a signal: health goes
+    NOT_SERVING, `on_stop` runs (stop taking work, finish or hand back what is in flight), then
+    the server stops accepting RPCs and lets running ones finish within the grace period.
+    """
+    server = _grpc_server(service, settings)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     register(server)
@@ -233,16 +251,7 @@ def run_server(
     metrics_port = settings.metrics_port(service)
     if metrics_port:
         start_http_server(metrics_port, addr=settings.bind_host)
-
-    def announce_now() -> float:
-        """Announce (before health says SERVING, so callers find the announcement); next time."""
-        if announce is not None:
-            try:
-                announce()
-            except redis.RedisError as exc:
-                log(logging.WARNING, "redis unreachable while announcing", error=str(exc))
-        return time.monotonic() + _ANNOUNCE_EVERY_S
-
+    announce_now = _announcer(announce)
     next_announcement = announce_now()
     server.start()
     for name in ("", grpc_service_name):
