@@ -330,7 +330,7 @@ def wider_detections(
     ground_truth: Mapping[str, WiderImage],
     progress: bool | None = None,
 ) -> tuple[dict[str, FloatArray], list[float]]:
-    """Run `detect` (e.g. `Analyzer.detect`) on each image of the ground truth.
+    """Run `detect` (e.g. an `Analyzer`'s `detect`) on each image of the ground truth.
 
     Returns (file -> n x 5 x, y, w, h, score in the ground truth's pixels; ms per image).
     Only detection is timed (resize + network + decoding of the outputs), not JPEG decoding.

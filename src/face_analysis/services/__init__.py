@@ -1,12 +1,14 @@
 """The distributed mode: four gRPC services with Redis between them (DESIGN.md section 2).
 
-- image input (`image_input.py`): watches the input folder, serves the public API, drives jobs
-- face landmark (`face_landmark.py`): `Analyzer.load` + `Analyzer.detect`
-- age gender (`age_gender.py`): `Analyzer.load` + `Analyzer.estimate`
-- data storage (`data_storage.py`): `faces_of` + `Analyzer.result` + `write_json_atomic`
+- image input (`image_input.py`: the public API; `watcher.py`, `workers.py`, `driver.py`):
+  watches the input folder, serves the public API, drives jobs
+- face landmark (`face_landmark.py`): decode + `steps.build_detector`'s step
+- age gender (`age_gender.py`): `steps.build_estimator`'s step
+- data storage (`data_storage.py`): `results.faces_of` + `results.make_result` + `write_json_atomic`
 
-Each is a thin adapter around the library; `store.py` is the Redis layout, `settings.py` the
-environment variables, `stack.py` the local launcher. Needs the `services` extra.
+Each is a thin adapter around the library and builds only its own step; `store.py` is the
+Redis layout, `convert.py` the protobuf forms, `settings.py` the environment variables,
+`health.py` the health check, `stack.py` the local launcher. Needs the `services` extra.
 
 Usage::
 
